@@ -1,0 +1,218 @@
+"""The Synapse module facade (see `synapse_fedhealth.FedHealthModule`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from synapse.logging.context import PreserveLoggingContext
+from synapse.module_api.errors import ConfigError
+from twisted.internet import defer
+from twisted.python.threadpool import ThreadPool
+
+from synapse_fedhealth import homeserver
+from synapse_fedhealth.config import (
+    FedHealthConfig,
+    FedHealthConfigError,
+    parse_fedhealth_config,
+)
+from synapse_fedhealth.families import NETWORK_CHECK_IDS, NetworkFamily
+from synapse_fedhealth.metrics import record_report
+from synapse_fedhealth.monitor import TransitionLogger, log_config_problems
+from synapse_fedhealth.report import CheckResult, Report, fail
+from synapse_fedhealth.resource import FedHealthResource
+from synapse_fedhealth.runner import (
+    CheckFamily,
+    CheckRunner,
+    ReportCache,
+    skipped_family_results,
+)
+
+if TYPE_CHECKING:
+    from synapse.module_api import ModuleApi
+
+logger = logging.getLogger("synapse_fedhealth")
+
+ENDPOINT_PATH = "/_synapse/fedhealth"
+DNS_THREADS = 4  # DNS lookups are few and short; bounded so they can't pile up
+
+
+class FedHealthModule:
+    """Checks federation health from inside Synapse.
+
+    Configure it under `modules:` in homeserver.yaml (see docs/configuration.md).
+    """
+
+    def __init__(self, config: FedHealthConfig, api: ModuleApi) -> None:
+        self._config = config
+        self._api = api
+        self._reactor = homeserver.reactor_of(api)
+        self._runs_network = api.should_run_background_tasks()
+        self._threadpool = ThreadPool(
+            minthreads=0, maxthreads=DNS_THREADS, name="synapse_fedhealth-dns"
+        )
+        self._snapshot_error: str | None = None
+        try:
+            self._snapshot: homeserver.HomeserverSnapshot | None = (
+                homeserver.snapshot_of(api)
+            )
+        except Exception as e:
+            # A Synapse release that moved its config objects must not stop
+            # the homeserver: report the problem instead of checks.
+            self._snapshot = None
+            self._snapshot_error = f"{type(e).__name__}: {e}"
+            logger.warning(
+                "synapse_fedhealth could not read Synapse's configuration (%s); "
+                "the report will say so",
+                self._snapshot_error,
+            )
+        self._transitions = TransitionLogger()
+        self._cache = ReportCache(
+            self._reactor, config.cache_ttl_ms / 1000, self._start_run
+        )
+        self._cache.add_listener(self._on_report)
+
+        api.register_web_resource(
+            ENDPOINT_PATH, FedHealthResource(api, self._get_report)
+        )
+
+        # Config problems are known now: log them before any network traffic.
+        try:
+            log_config_problems(list(self._static_checks()))
+        except Exception as e:  # never let a check stop the homeserver
+            logger.warning("synapse_fedhealth: the config checks failed: %s", e)
+
+        if self._runs_network:
+            self._reactor.callWhenRunning(self._threadpool.start)
+            self._reactor.addSystemEventTrigger(
+                "during", "shutdown", self._threadpool.stop
+            )
+            if config.startup_check:
+                api.delayed_background_call(
+                    config.startup_delay_ms,
+                    self._background_run,
+                    desc="fedhealth_startup",
+                )
+            if config.interval_ms:
+                api.looping_background_call(
+                    self._background_run, config.interval_ms, desc="fedhealth_periodic"
+                )
+
+    @staticmethod
+    def parse_config(config: dict[str, Any]) -> FedHealthConfig:
+        try:
+            return parse_fedhealth_config(config)
+        except FedHealthConfigError as e:
+            raise ConfigError(e.message, path=(e.key,)) from None
+
+    # -- runs -----------------------------------------------------------------
+
+    def _static_checks(self) -> Sequence[CheckResult]:
+        if self._snapshot is None:
+            return [
+                fail(
+                    "config",
+                    f"could not read Synapse's configuration: {self._snapshot_error}",
+                    fix="Upgrade synapse-fedhealth to a release that supports this "
+                    "Synapse version.",
+                    details={"reason": "error"},
+                )
+            ]
+        from synapse_fedhealth.checks.config_lint import LintSettings, lint_config
+
+        results: Sequence[CheckResult] = lint_config(
+            self._snapshot,
+            LintSettings(
+                cert_expiry_warning_days=self._config.cert_expiry_warning_days,
+                tls_ca_file=self._config.tls_ca_file,
+                now=self._reactor.seconds(),
+            ),
+        )
+        return results
+
+    def _families(self) -> Sequence[CheckFamily]:
+        return [] if self._network_skip_reason() else [self._network_family()]
+
+    def _network_skip_reason(self) -> str | None:
+        if self._snapshot is None:
+            return "Synapse's configuration could not be read"
+        if self._snapshot.federation_disabled:
+            return "federation is disabled by config (federation_domain_whitelist: [])"
+        if not self._runs_network:
+            return (
+                "network checks run only on the instance that runs background "
+                "tasks; ask that instance for the full report"
+            )
+        return None
+
+    def _network_family(self) -> NetworkFamily:
+        from synapse_fedhealth.network import NetworkSettings
+
+        assert self._snapshot is not None
+        ca_files: tuple[str, ...] = ()
+        if self._config.tls_ca_file:
+            ca_files = (self._config.tls_ca_file,)
+        elif self._snapshot.federation_custom_ca_list:
+            ca_files = self._snapshot.federation_custom_ca_list
+        settings = NetworkSettings(
+            server_name=self._snapshot.server_name,
+            timeout_s=self._config.timeout_s,
+            cert_expiry_warning_days=self._config.cert_expiry_warning_days,
+            ca_files=ca_files,
+            dns_servers=self._config.dns_servers,
+            user_agent=homeserver.user_agent_of(self._api),
+        )
+        return NetworkFamily(self._reactor, settings, self._threadpool)
+
+    def _make_runner(self) -> CheckRunner:
+        skip_reason = self._network_skip_reason()
+
+        def static() -> Sequence[CheckResult]:
+            checks = list(self._static_checks())
+            if skip_reason:
+                checks.extend(skipped_family_results(NETWORK_CHECK_IDS, skip_reason))
+            return checks
+
+        return CheckRunner(
+            reactor=self._reactor,
+            server_name=self._api.server_name,
+            timeout_s=self._config.timeout_s,
+            static_checks=static,
+            families=self._families,
+            federation_disabled=bool(
+                self._snapshot is not None and self._snapshot.federation_disabled
+            ),
+        )
+
+    def _start_run(self) -> defer.Deferred[Report]:
+        # The run is shared by every waiter, so it must not carry any one
+        # request's logcontext: start it in the sentinel context. Waiters
+        # follow the rules with make_deferred_yieldable.
+        with PreserveLoggingContext():
+            return defer.ensureDeferred(self._make_runner().run())
+
+    def _get_report(self, refresh: bool) -> defer.Deferred[Report]:
+        return self._cache.get(refresh=refresh)
+
+    async def _background_run(self) -> None:
+        from synapse.logging.context import make_deferred_yieldable
+
+        await make_deferred_yieldable(self._cache.get(refresh=True))
+
+    def _on_report(self, report: Report) -> None:
+        record_report(report, cert_expiry_from(report))
+        self._transitions.observe(report)
+
+
+def cert_expiry_from(report: Report) -> dict[str, float]:
+    """Host -> notAfter (unix time) from the tls.certificate details."""
+    expiry: dict[str, float] = {}
+    for check in report.checks:
+        if check.id != "tls.certificate":
+            continue
+        not_after = check.details.get("not_after_ts")
+        host = check.details.get("sni") or check.target
+        if isinstance(not_after, (int, float)) and isinstance(host, str):
+            expiry[host] = float(not_after)
+    return expiry

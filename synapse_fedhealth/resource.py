@@ -1,0 +1,100 @@
+"""The admin endpoint `GET /_synapse/fedhealth` (SPEC 2.2).
+
+Synapse mounts module resources on every HTTP listener, federation-only ones
+included, so authentication happens here on every request: a server admin's
+access token, exactly as Synapse's admin API takes it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from synapse.api.errors import AuthError, Codes, SynapseError
+from synapse.http.server import DirectServeJsonResource, finish_request
+from synapse.logging.context import make_deferred_yieldable
+from twisted.internet import defer
+
+from synapse_fedhealth.render import render_text
+from synapse_fedhealth.report import Report
+
+if TYPE_CHECKING:
+    from synapse.http.site import SynapseRequest
+    from synapse.module_api import ModuleApi
+
+FORMATS = ("json", "text")
+
+
+def _query_arg(request: SynapseRequest, name: str) -> str | None:
+    values = request.args.get(name.encode("ascii")) if request.args else None
+    if not values:
+        return None
+    try:
+        value: str = values[-1].decode("utf-8")
+        return value
+    except UnicodeDecodeError:
+        raise SynapseError(400, f"`{name}` is not UTF-8", Codes.INVALID_PARAM) from None
+
+
+def _parse_bool(name: str, value: str | None) -> bool:
+    if value is None:
+        return False
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise SynapseError(400, f"`{name}` must be true or false", Codes.INVALID_PARAM)
+
+
+class FedHealthResource(DirectServeJsonResource):
+    """Serves the (cached) report to server admins only.
+
+    It takes no target from the caller: only `format` and `refresh`.
+    """
+
+    def __init__(
+        self,
+        api: ModuleApi,
+        get_report: Callable[[bool], defer.Deferred[Report]],
+    ) -> None:
+        super().__init__()
+        self._api = api
+        self._get_report = get_report
+
+    async def _require_admin(self, request: SynapseRequest) -> None:
+        # Raises MissingClientTokenError (401 M_MISSING_TOKEN) or
+        # InvalidClientTokenError (401 M_UNKNOWN_TOKEN).
+        requester = await self._api.get_user_by_req(request)
+        if not await self._api.is_user_admin(requester.user.to_string()):
+            raise AuthError(403, "You are not a server admin", Codes.FORBIDDEN)
+
+    async def _async_render_GET(
+        self, request: SynapseRequest
+    ) -> tuple[int, Any] | None:
+        await self._require_admin(request)
+        output = _query_arg(request, "format") or "json"
+        if output not in FORMATS:
+            raise SynapseError(
+                400, "`format` must be `json` or `text`", Codes.INVALID_PARAM
+            )
+        refresh = _parse_bool("refresh", _query_arg(request, "refresh"))
+        report = await make_deferred_yieldable(self._get_report(refresh))
+        if output == "text":
+            body = render_text(report, width=100).encode("utf-8")
+            request.setResponseCode(200)
+            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")  # type: ignore[no-untyped-call]
+            request.setHeader(b"Cache-Control", b"no-store")  # type: ignore[no-untyped-call]
+            request.setHeader(b"Content-Length", str(len(body)).encode("ascii"))  # type: ignore[no-untyped-call]
+            request.write(body)  # type: ignore[no-untyped-call]
+            finish_request(request)
+            return None
+        request.setHeader(b"Cache-Control", b"no-store")  # type: ignore[no-untyped-call]
+        return 200, report.to_json()
+
+
+def report_json_text(report: Report) -> str:
+    return json.dumps(report.to_json(), indent=2, sort_keys=False)
+
+
+AsyncReportGetter = Callable[[bool], Awaitable[Report]]

@@ -1,0 +1,262 @@
+"""Runs every check family under one deadline, and caches the report.
+
+Pure Twisted: nothing here imports Synapse, so the same runner serves the
+module, the command line and the unit tests (with a fake reactor). The module
+facade applies Synapse's logcontext rules around it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+import attr
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from synapse_fedhealth.report import CheckResult, Report, fail, skip
+
+logger = logging.getLogger("synapse_fedhealth")
+
+# Grace on top of the configured timeout before the runner gives up on a
+# family that failed to honour its own deadline: a safety net, not a budget.
+DEADLINE_GRACE_S = 0.5
+
+
+class ReactorClock(Protocol):
+    """The part of the reactor the runner uses (IReactorTime)."""
+
+    def seconds(self) -> float: ...
+
+    def callLater(
+        self, delay: float, callable: Callable[..., Any], *args: Any, **kw: Any
+    ) -> Any: ...
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True, kw_only=True)
+class FamilyOutcome:
+    """What one family of checks found."""
+
+    checks: tuple[CheckResult, ...]
+    federation_tester: dict[str, Any] = attr.ib(factory=dict)
+    # Facts later families may use (e.g. served keys), keyed by name.
+    facts: dict[str, Any] = attr.ib(factory=dict)
+
+
+class CheckFamily(Protocol):
+    """A group of checks that runs as one unit (e.g. all network probes)."""
+
+    name: str
+    # The ids reported as timed out / errored if the family does not finish.
+    check_ids: Sequence[str]
+
+    def run(self) -> Awaitable[FamilyOutcome]: ...
+
+
+def _placeholder_results(
+    family: CheckFamily, *, reason: str, summary: str, fix: str
+) -> tuple[CheckResult, ...]:
+    return tuple(
+        fail(check_id, summary, fix=fix, details={"reason": reason})
+        for check_id in family.check_ids
+    )
+
+
+async def _run_family_bounded(
+    reactor: ReactorClock, family: CheckFamily, timeout_s: float
+) -> FamilyOutcome:
+    """Run a family; a timeout or an exception becomes `fail` results for the
+    family's ids, never an exception."""
+    d: defer.Deferred[FamilyOutcome] = defer.ensureDeferred(_call(family))
+    d.addTimeout(timeout_s + DEADLINE_GRACE_S, reactor)  # type: ignore[arg-type]
+    try:
+        return await d
+    except defer.TimeoutError:
+        return FamilyOutcome(
+            checks=_placeholder_results(
+                family,
+                reason="timeout",
+                summary=f"{family.name} checks timed out after {timeout_s:g} s",
+                fix="Something on the path hangs; see the other checks and raise "
+                "`timeout` only if the network is known to be slow.",
+            )
+        )
+    except Exception:
+        # One broken family must not take the report down with it. Log without
+        # a traceback in Synapse's log; the details are in the report.
+        failure = Failure()
+        logger.warning(
+            "synapse_fedhealth: %s checks raised %s: %s",
+            family.name,
+            failure.type.__name__ if failure.type else "error",
+            failure.getErrorMessage(),
+        )
+        return FamilyOutcome(
+            checks=_placeholder_results(
+                family,
+                reason="error",
+                summary=f"{family.name} checks raised an internal error: "
+                f"{failure.getErrorMessage()[:200]}",
+                fix="This is a bug in synapse-fedhealth; the other checks are "
+                "unaffected. Please report it with this summary.",
+            )
+        )
+
+
+async def _call(family: CheckFamily) -> FamilyOutcome:
+    return await family.run()
+
+
+class CheckRunner:
+    """Produces one `Report` per `run()`.
+
+    `static_checks` are cheap synchronous checks (config lint). `families` are
+    asynchronous groups run concurrently under the one deadline.
+    `after_families` run once those finished, with their facts.
+    """
+
+    def __init__(
+        self,
+        *,
+        reactor: ReactorClock,
+        server_name: str,
+        timeout_s: float,
+        static_checks: Callable[[], Sequence[CheckResult]],
+        families: Callable[[], Sequence[CheckFamily]],
+        federation_disabled: bool = False,
+        notes: Sequence[str] = (),
+    ) -> None:
+        self._reactor = reactor
+        self._server_name = server_name
+        self._timeout_s = timeout_s
+        self._static_checks = static_checks
+        self._families = families
+        self._federation_disabled = federation_disabled
+        self._notes = tuple(notes)
+
+    async def run(self) -> Report:
+        started = self._reactor.seconds()
+        checks: list[CheckResult] = []
+        try:
+            checks.extend(self._static_checks())
+        except Exception as e:
+            checks.append(
+                fail(
+                    "config",
+                    f"the config checks raised an internal error: {e}"[:300],
+                    fix="This is a bug in synapse-fedhealth; please report it.",
+                    details={"reason": "error"},
+                )
+            )
+        families = list(self._families())
+        outcomes: list[FamilyOutcome] = await defer.gatherResults(
+            [
+                defer.ensureDeferred(
+                    _run_family_bounded(self._reactor, family, self._timeout_s)
+                )
+                for family in families
+            ],
+            consumeErrors=True,
+        )
+        federation_tester: dict[str, Any] = {}
+        for outcome in outcomes:
+            checks.extend(outcome.checks)
+            federation_tester.update(outcome.federation_tester)
+        finished = self._reactor.seconds()
+        report = Report.build(
+            server_name=self._server_name,
+            checks=checks,
+            federation_disabled=self._federation_disabled,
+            generated_at=int(finished * 1000),
+            duration_ms=int((finished - started) * 1000),
+            notes=self._notes,
+            federation_tester=federation_tester,
+        )
+        if federation_tester or families:
+            report = attr.evolve(
+                report,
+                federation_tester={
+                    **report.federation_tester,
+                    "FederationOK": report.federation_ok,
+                },
+            )
+        return report
+
+
+def skipped_family_results(
+    check_ids: Sequence[str], reason: str
+) -> tuple[CheckResult, ...]:
+    return tuple(skip(check_id, reason) for check_id in check_ids)
+
+
+class ReportCache:
+    """Serves the last report for `ttl_s`, and shares one run in flight.
+
+    `start_run` starts a run and returns its Deferred (the module passes a
+    function that starts it in the sentinel logcontext). Callers each get
+    their own Deferred, so one caller cancelling does not cancel the others.
+    """
+
+    def __init__(
+        self,
+        reactor: ReactorClock,
+        ttl_s: float,
+        start_run: Callable[[], defer.Deferred[Report]],
+    ) -> None:
+        self._reactor = reactor
+        self._ttl_s = ttl_s
+        self._start_run = start_run
+        self._report: Report | None = None
+        self._report_time = 0.0
+        self._waiters: list[defer.Deferred[Report]] | None = None
+        self.runs_started = 0
+        self._listeners: list[Callable[[Report], None]] = []
+
+    @property
+    def last_report(self) -> Report | None:
+        return self._report
+
+    def add_listener(self, listener: Callable[[Report], None]) -> None:
+        """Called with every new report (metrics, transition logging)."""
+        self._listeners.append(listener)
+
+    def get(self, *, refresh: bool = False) -> defer.Deferred[Report]:
+        fresh = (
+            self._report is not None
+            and self._reactor.seconds() - self._report_time < self._ttl_s
+        )
+        if fresh and not refresh and self._waiters is None:
+            assert self._report is not None
+            return defer.succeed(self._report)
+        waiter: defer.Deferred[Report] = defer.Deferred()
+        if self._waiters is None:
+            self._waiters = [waiter]
+            self._begin()
+        else:
+            self._waiters.append(waiter)
+        return waiter
+
+    def _begin(self) -> None:
+        self.runs_started += 1
+        try:
+            d = self._start_run()
+        except Exception:
+            d = defer.fail()
+        d.addBoth(self._finished)
+
+    def _finished(self, result: Report | Failure) -> None:
+        waiters, self._waiters = self._waiters or [], None
+        if isinstance(result, Report):
+            self._report = result
+            self._report_time = self._reactor.seconds()
+            for listener in self._listeners:
+                try:
+                    listener(result)
+                except Exception as e:  # a listener must not break the callers
+                    logger.warning("synapse_fedhealth: report listener failed: %s", e)
+        for waiter in waiters:
+            if isinstance(result, Report):
+                waiter.callback(result)
+            else:
+                waiter.errback(result)
