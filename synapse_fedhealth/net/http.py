@@ -1,0 +1,506 @@
+"""HTTPS probes: our own Agent, TLS policy, DNS and limits.
+
+A probe connects to a *given* address while sending a *given* Host header and
+SNI, as Synapse's MatrixFederationAgent does after server-name resolution.
+Bodies are read with a size cap and the whole probe with a time cap
+(slowloris-safe).
+
+We call the Agent directly rather than through treq's HTTPClient: treq always
+wraps it in a ContentDecoderAgent (it sends `Accept-Encoding: gzip`, which
+Synapse peers don't, and a gzip body would inflate before our size cap sees
+it) and a CookieAgent. treq.testing's in-memory agent still plugs in through
+`agent_factory` for tests. Redirects are followed as Twisted's RedirectAgent follows
+them (301, 302, 303, 307, 308), with the chain recorded. Failures never
+raise: they come back as an `HttpResult` with an `error` kind.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import attr
+from twisted.internet import defer, error
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.python.failure import Failure
+from twisted.web.client import URI, Agent, HTTPConnectionPool, ResponseFailed
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IResponse
+from zope.interface import implementer
+
+from synapse_fedhealth.net.addresses import AddressClass, classify_address, format_address
+from synapse_fedhealth.net.dns import DnsResolver
+from synapse_fedhealth.net.tls import (
+    CertificateRejected,
+    ConnectOutcome,
+    PeerChainRecorder,
+    RecordingConnectionCreator,
+    TrustStore,
+    classify_connect_error,
+)
+
+WELL_KNOWN_MAX_SIZE = 50 * 1024  # 50 KiB, as Synapse's well-known resolver
+DEFAULT_MAX_BODY_SIZE = 256 * 1024  # 256 KiB: generous for keys/version answers
+# Twisted's RedirectAgent default.
+MAX_REDIRECTS = 20
+REDIRECT_CODES = (301, 302, 303, 307, 308)
+MAX_HEADERS_KEPT = 64
+MAX_ADDRESSES_TRIED = 4
+
+# `HttpResult.error` kinds.
+ERR_TIMEOUT = "timeout"
+ERR_REFUSED = ConnectOutcome.REFUSED
+ERR_UNREACHABLE = ConnectOutcome.UNREACHABLE
+ERR_NO_ADDRESS = "no_address"
+ERR_TLS = "tls"  # handshake failed (garbage, protocol mismatch, plain HTTP)
+ERR_CERTIFICATE = "certificate"  # our verification refused the chain; see tls_reason
+ERR_TOO_LARGE = "too_large"
+ERR_REDIRECT_LOOP = "redirect_loop"
+ERR_REDIRECT_SCHEME = "redirect_scheme"
+ERR_TOO_MANY_REDIRECTS = "too_many_redirects"
+ERR_BAD_REDIRECT = "bad_redirect"
+ERR_PROTOCOL = "protocol"  # not HTTP, or a malformed response
+ERR_ERROR = "error"
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True, kw_only=True)
+class RedirectHop:
+    url: str
+    status: int
+    location: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"url": self.url, "status": self.status, "location": self.location}
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True, kw_only=True)
+class HttpResult:
+    url: str  # the first URL requested
+    host_header: str
+    sni: str
+    final_url: str = ""
+    connected_to: str | None = None  # "ip:port" of the last hop
+    status: int | None = None
+    headers: Mapping[str, tuple[str, ...]] = attr.ib(factory=dict)  # lower-case names
+    body: bytes = b""
+    redirects: tuple[RedirectHop, ...] = ()
+    error: str | None = None  # one of the ERR_* kinds
+    error_message: str = ""
+    tls_reason: str | None = None  # a tls.CERT_REASONS value with ERR_CERTIFICATE
+    cert_not_after: float | None = None  # leaf of the last TLS connection
+    elapsed_ms: float | None = None
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.get(name.lower())
+        return values[-1] if values else None
+
+    @property
+    def content_type(self) -> str | None:
+        value = self.header("content-type")
+        return value.split(";", 1)[0].strip().lower() if value is not None else None
+
+    def request_details(self) -> dict[str, Any]:
+        """What every network check records (SPEC 3)."""
+        out: dict[str, Any] = {"url": self.url, "host_header": self.host_header, "sni": self.sni}
+        if self.connected_to:
+            out["connected_to"] = self.connected_to
+        if self.redirects:
+            out["redirects"] = [h.to_json() for h in self.redirects]
+        if self.status is not None:
+            out["http_status"] = self.status
+        if self.error:
+            out["error"] = self.error_message or self.error
+        return out
+
+
+class HttpFetcher(Protocol):
+    def get(
+        self,
+        url: str,
+        *,
+        connect_to: tuple[str, int] | None = None,
+        host_header: str | None = None,
+        sni: str | None = None,
+        max_bytes: int = DEFAULT_MAX_BODY_SIZE,
+        timeout: float,
+        follow_redirects: bool = False,
+        verify_tls: bool = True,
+    ) -> defer.Deferred[HttpResult]:
+        """GET `url`. The first hop connects to `connect_to` if given (else the
+        URL's host, resolved through our DNS) with `host_header` and `sni`
+        (default: from the URL). Never fails; bounded by `timeout` seconds."""
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class _BoundedBodyCollector(TwistedProtocol):
+    def __init__(self, done: defer.Deferred[bytes], max_bytes: int) -> None:
+        self._done = done
+        self._max_bytes = max_bytes
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self._done.called:
+            return
+        self._size += len(data)
+        if self._size > self._max_bytes:
+            self._done.errback(BodyTooLarge(f"the body is larger than {self._max_bytes} bytes"))
+            self.transport.stopProducing()  # type: ignore[union-attr]
+            return
+        self._chunks.append(data)
+
+    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]  # noqa: N802
+        if self._done.called:
+            return
+        # ResponseDone and PotentialDataLoss (no length, connection closed) both
+        # mean we got the whole body as sent.
+        from twisted.web.client import ResponseDone
+        from twisted.web.http import PotentialDataLoss
+
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self._done.callback(b"".join(self._chunks))
+        else:
+            self._done.errback(reason)
+
+
+def read_body(response: IResponse, max_bytes: int) -> defer.Deferred[bytes]:
+    """Read at most `max_bytes`; cancelling the Deferred drops the connection."""
+    collector: _BoundedBodyCollector
+
+    def _cancel(d: defer.Deferred[bytes]) -> None:
+        transport = collector.transport
+        if transport is not None:
+            transport.stopProducing()  # type: ignore[attr-defined]
+
+    done: defer.Deferred[bytes] = defer.Deferred(_cancel)
+    collector = _BoundedBodyCollector(done, max_bytes)
+    response.deliverBody(collector)
+    return done
+
+
+@implementer(IStreamClientEndpoint)
+class _FirstReachableEndpoint:
+    """Connects to the first of `addresses` that accepts, then wraps TLS."""
+
+    def __init__(self, reactor: Any, addresses: Sequence[tuple[str, int]], creator: Any, on_connect: Callable[[str], None]) -> None:
+        self._reactor = reactor
+        self._addresses = addresses
+        self._creator = creator
+        self._on_connect = on_connect
+
+    def connect(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IProtocol]:  # noqa: N803
+        return defer.Deferred.fromCoroutine(self._connect(protocolFactory))
+
+    async def _connect(self, factory: IProtocolFactory) -> IProtocol:
+        first_error: BaseException | None = None
+        for ip, port in self._addresses:
+            cls = TCP6ClientEndpoint if ":" in ip else TCP4ClientEndpoint
+            endpoint = wrapClientTLS(self._creator, cls(self._reactor, ip, port))
+            try:
+                proto: IProtocol = await endpoint.connect(factory)
+            except defer.CancelledError:
+                raise
+            except Exception as e:
+                first_error = first_error or e
+                continue
+            self._on_connect(format_address(ip, port))
+            return proto
+        raise first_error or error.ConnectError("no address to connect to")
+
+
+@implementer(IAgentEndpointFactory)
+class _FixedEndpointFactory:
+    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+        self._endpoint = endpoint
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:  # noqa: N802
+        return self._endpoint
+
+
+class _NoAddress(Exception):
+    pass
+
+
+@attr.s(slots=True, auto_attribs=True)
+class _FetchState:
+    """Mutable progress of one fetch, so a timeout can still report it."""
+
+    current_url: str
+    connected_to: str | None = None
+    redirects: list[RedirectHop] = attr.ib(factory=list)
+    recorder: PeerChainRecorder | None = None
+
+
+AgentFactory = Callable[[IStreamClientEndpoint | None], IAgent]
+
+
+class ProbeHttpClient:
+    """The production `HttpFetcher`.
+
+    `agent_factory` lets tests substitute an in-memory agent (treq.testing's
+    RequestTraversalAgent); it receives the endpoint the request would use.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        resolver: DnsResolver,
+        trust: TrustStore,
+        *,
+        user_agent: str,
+        agent_factory: AgentFactory | None = None,
+    ) -> None:
+        self._reactor = reactor
+        self._resolver = resolver
+        self._trust = trust
+        self._user_agent = user_agent
+        self._agent_factory = agent_factory
+
+    def get(
+        self,
+        url: str,
+        *,
+        connect_to: tuple[str, int] | None = None,
+        host_header: str | None = None,
+        sni: str | None = None,
+        max_bytes: int = DEFAULT_MAX_BODY_SIZE,
+        timeout: float,
+        follow_redirects: bool = False,
+        verify_tls: bool = True,
+    ) -> defer.Deferred[HttpResult]:
+        parsed = urllib.parse.urlsplit(url)
+        host_header = host_header if host_header is not None else parsed.netloc
+        sni = sni if sni is not None else (parsed.hostname or "")
+        base = HttpResult(url=url, host_header=host_header, sni=sni)
+        state = _FetchState(current_url=url)
+        started = self._reactor.seconds()
+        deadline = started + timeout
+
+        fetching = defer.Deferred.fromCoroutine(
+            self._fetch(base, state, connect_to, max_bytes, deadline, follow_redirects, verify_tls)
+        )
+        fetching.addTimeout(max(0.0, timeout), self._reactor)
+
+        def _on_error(f: Failure) -> HttpResult:
+            kind, message, reason = classify_failure(f.value)
+            if kind == ERR_TIMEOUT:
+                message = f"timed out after {timeout:.1f}s"
+            return _finish(base, state, error=kind, error_message=message, tls_reason=reason)
+
+        def _elapsed(result: HttpResult) -> HttpResult:
+            return attr.evolve(result, elapsed_ms=round((self._reactor.seconds() - started) * 1000, 1))
+
+        fetching.addErrback(_on_error)
+        fetching.addCallback(_elapsed)
+        return fetching
+
+    async def _fetch(
+        self,
+        base: HttpResult,
+        state: _FetchState,
+        connect_to: tuple[str, int] | None,
+        max_bytes: int,
+        deadline: float,
+        follow_redirects: bool,
+        verify_tls: bool,
+    ) -> HttpResult:
+        url = base.url
+        visited = {url}
+        host_header: str | None = base.host_header
+        sni = base.sni
+        while True:
+            state.current_url = url
+            parsed = urllib.parse.urlsplit(url)
+            if parsed.scheme != "https":
+                raise _Refused(ERR_REDIRECT_SCHEME, f"refusing a non-https URL: {url}")
+            port = parsed.port or 443
+            if connect_to is not None:
+                addresses = [connect_to]
+            else:
+                addresses = await self._addresses_for(parsed.hostname or "", port, deadline)
+            connect_to = None  # only the first hop is pinned
+
+            recorder = PeerChainRecorder()
+            state.recorder = recorder
+            creator = RecordingConnectionCreator(sni, recorder, verify_with=self._trust if verify_tls else None)
+
+            def _connected(address: str) -> None:
+                state.connected_to = address
+
+            endpoint = _FirstReachableEndpoint(self._reactor, addresses, creator, _connected)
+            agent = self._make_agent(endpoint)
+            headers = Headers({b"User-Agent": [self._user_agent.encode("latin-1", "replace")]})
+            if host_header:
+                headers.setRawHeaders(b"Host", [host_header.encode("ascii", "replace")])
+            try:
+                request_uri = url.encode("ascii")
+            except UnicodeEncodeError:
+                raise _Refused(ERR_BAD_REDIRECT, f"not an ASCII URL: {url!r}") from None
+            response: IResponse = await agent.request(b"GET", request_uri, headers, None)
+            status = int(response.code)
+            location = _last_header(response.headers, b"location")
+            if follow_redirects and status in REDIRECT_CODES:
+                if location is None:
+                    raise _Refused(ERR_BAD_REDIRECT, f"HTTP {status} redirect without a Location header")
+                next_url = urllib.parse.urljoin(url, location)
+                state.redirects.append(RedirectHop(url=url, status=status, location=next_url))
+                # Don't read the redirect body: drop the connection.
+                response.deliverBody(_Discard())
+                if urllib.parse.urlsplit(next_url).scheme != "https":
+                    raise _Refused(ERR_REDIRECT_SCHEME, f"redirect from https to another scheme: {next_url}")
+                if next_url in visited:
+                    raise _Refused(ERR_REDIRECT_LOOP, f"redirect loop: {next_url} was already visited")
+                if len(state.redirects) >= MAX_REDIRECTS:
+                    raise _Refused(ERR_TOO_MANY_REDIRECTS, f"more than {MAX_REDIRECTS} redirects")
+                visited.add(next_url)
+                url = next_url
+                new = urllib.parse.urlsplit(next_url)
+                host_header = new.netloc
+                sni = new.hostname or ""
+                continue
+            body = await read_body(response, max_bytes)
+            return _finish(
+                base,
+                state,
+                status=status,
+                headers=_headers_dict(response.headers),
+                body=body,
+            )
+
+    def _make_agent(self, endpoint: IStreamClientEndpoint) -> IAgent:
+        if self._agent_factory is not None:
+            return self._agent_factory(endpoint)
+        pool = HTTPConnectionPool(self._reactor, persistent=False)
+        return Agent.usingEndpointFactory(self._reactor, _FixedEndpointFactory(endpoint), pool=pool)
+
+    async def _addresses_for(self, host: str, port: int, deadline: float) -> list[tuple[str, int]]:
+        bare = host.strip("[]")
+        try:
+            ipaddress.ip_address(bare)
+            literal = True
+        except ValueError:
+            literal = False
+        if literal:
+            candidates = [bare]
+        else:
+            remaining = max(0.0, deadline - self._reactor.seconds())
+            results = await defer.gatherResults(
+                [self._resolver.lookup(host, rdtype, remaining) for rdtype in ("AAAA", "A")],
+                consumeErrors=True,
+            )
+            candidates = [a for r in results for a in r.addresses]
+            if not candidates:
+                described = "; ".join(f"{r.rdtype}: {r.describe()}" for r in results)
+                raise _NoAddress(f"{host} has no address ({described})")
+        # Never connect to addresses that are unsafe to probe.
+        safe = [a for a in candidates if classify_address(a) is not AddressClass.FORBIDDEN]
+        if not safe:
+            raise _NoAddress(f"{host} resolves only to addresses we never connect to: {', '.join(candidates)}")
+        return [(a, port) for a in safe[:MAX_ADDRESSES_TRIED]]
+
+
+class _Refused(Exception):
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class _Discard(TwistedProtocol):
+    def connectionMade(self) -> None:  # noqa: N802
+        self.transport.stopProducing()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]  # noqa: N802
+        pass
+
+
+def _finish(base: HttpResult, state: _FetchState, **changes: Any) -> HttpResult:
+    not_after = None
+    if state.recorder is not None and state.recorder.chain:
+        not_after = state.recorder.chain[0].not_valid_after_utc.timestamp()
+    return attr.evolve(
+        base,
+        final_url=state.current_url,
+        connected_to=state.connected_to,
+        redirects=tuple(state.redirects),
+        cert_not_after=not_after,
+        **changes,
+    )
+
+
+def _last_header(headers: Headers, name: bytes) -> str | None:
+    values = headers.getRawHeaders(name)
+    return values[-1].decode("latin-1") if values else None
+
+
+def _headers_dict(headers: Headers) -> dict[str, tuple[str, ...]]:
+    out: dict[str, tuple[str, ...]] = {}
+    for name, values in headers.getAllRawHeaders():
+        if len(out) >= MAX_HEADERS_KEPT:
+            break
+        out[name.decode("latin-1").lower()] = tuple(v.decode("latin-1")[:1000] for v in values[:8])
+    return out
+
+
+def _unwrap(exc: BaseException) -> list[BaseException]:
+    """Twisted wraps the real causes in ResponseNeverReceived & co."""
+    reasons = getattr(exc, "reasons", None)
+    if isinstance(exc, ResponseFailed) or (isinstance(reasons, list) and reasons):
+        out: list[BaseException] = []
+        for r in reasons or []:
+            inner = r.value if isinstance(r, Failure) else r
+            if isinstance(inner, BaseException):
+                out.extend(_unwrap(inner))
+        return out or [exc]
+    return [exc]
+
+
+def classify_failure(exc: BaseException) -> tuple[str, str, str | None]:
+    """(error kind, message, certificate reason) for a failed fetch."""
+    causes = _unwrap(exc)
+    for cause in causes:
+        if isinstance(cause, CertificateRejected):
+            return ERR_CERTIFICATE, str(cause), cause.verification.reason
+    cause = causes[0]
+    if isinstance(cause, _Refused):
+        return cause.kind, str(cause), None
+    if isinstance(cause, _NoAddress):
+        return ERR_NO_ADDRESS, str(cause), None
+    if isinstance(cause, BodyTooLarge):
+        return ERR_TOO_LARGE, str(cause), None
+    if isinstance(cause, (defer.TimeoutError, defer.CancelledError, error.TimeoutError)):
+        return ERR_TIMEOUT, "timed out", None
+    from OpenSSL import SSL
+
+    if isinstance(cause, SSL.Error):
+        return ERR_TLS, f"TLS handshake failed: {_ssl_message(cause)}", None
+    if isinstance(cause, error.ConnectError):
+        kind = classify_connect_error(cause)
+        if kind == ConnectOutcome.ERROR:
+            kind = ERR_UNREACHABLE
+        return kind, _short(cause), None
+    if isinstance(cause, (error.ConnectionDone, error.ConnectionLost)):
+        return ERR_PROTOCOL, "the connection closed before a complete HTTP response", None
+    if type(cause).__name__ in ("ParseError", "BadHeaders", "_WrapperException", "ResponseFailed", "ResponseNeverReceived"):
+        return ERR_PROTOCOL, f"malformed HTTP response: {_short(cause)}", None
+    return ERR_ERROR, f"{type(cause).__name__}: {_short(cause)}", None
+
+
+def _ssl_message(e: BaseException) -> str:
+    args = e.args[0] if e.args else None
+    if isinstance(args, list):
+        parts = [str(item[2]) for item in args if isinstance(item, tuple) and len(item) == 3]
+        if parts:
+            return ", ".join(parts)[:300]
+    return _short(e)
+
+
+def _short(e: BaseException, limit: int = 300) -> str:
+    text = str(e) or type(e).__name__
+    return text if len(text) <= limit else text[:limit] + "…"

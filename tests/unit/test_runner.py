@@ -1,0 +1,167 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from twisted.internet import defer
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from synapse_fedhealth.report import CheckResult, Report, Status, ok, warn
+from synapse_fedhealth.runner import (
+    CheckFamily,
+    CheckRunner,
+    FamilyOutcome,
+    ReportCache,
+)
+
+
+class HangingFamily:
+    name = "network"
+    check_ids: Sequence[str] = ("a.one", "a.two")
+
+    def run(self) -> defer.Deferred[FamilyOutcome]:
+        return defer.Deferred()  # never fires
+
+
+class ExplodingFamily:
+    name = "exploding"
+    check_ids: Sequence[str] = ("b.one",)
+
+    async def run(self) -> FamilyOutcome:
+        raise RuntimeError("boom")
+
+
+class QuickFamily:
+    name = "quick"
+    check_ids: Sequence[str] = ("c.one",)
+
+    async def run(self) -> FamilyOutcome:
+        return FamilyOutcome(
+            checks=(warn("c.one", "meh", fix="f"),),
+            federation_tester={"Version": {"name": "Synapse"}},
+        )
+
+
+def _runner(
+    reactor: MemoryReactorClock, families: Sequence[CheckFamily]
+) -> CheckRunner:
+    return CheckRunner(
+        reactor=reactor,
+        server_name="example.com",
+        timeout_s=10,
+        static_checks=lambda: [ok("config.x", "fine")],
+        families=lambda: families,
+    )
+
+
+class CheckRunnerTests(SynchronousTestCase):
+    def test_hanging_family_times_out_within_deadline(self) -> None:
+        reactor = MemoryReactorClock()
+        d = defer.ensureDeferred(
+            _runner(reactor, [HangingFamily(), QuickFamily()]).run()
+        )
+        self.assertNoResult(d)
+        reactor.advance(10.4)
+        self.assertNoResult(d)
+        reactor.advance(0.2)
+        report = self.successResultOf(d)
+        by_id = {c.id: c for c in report.checks}
+        for check_id in ("a.one", "a.two"):
+            self.assertEqual(by_id[check_id].status, Status.FAIL)
+            self.assertEqual(by_id[check_id].details["reason"], "timeout")
+            self.assertIn("timed out", by_id[check_id].summary)
+        # The quick family's results survive the hanging one.
+        self.assertEqual(by_id["c.one"].status, Status.WARN)
+        self.assertEqual(report.verdict.value, "broken")
+        self.assertEqual(report.federation_tester["Version"], {"name": "Synapse"})
+        self.assertIs(report.federation_tester["FederationOK"], False)
+        self.assertTrue(10500 <= report.duration_ms <= 10600)
+
+    def test_exception_in_family_is_contained(self) -> None:
+        reactor = MemoryReactorClock()
+        d = defer.ensureDeferred(
+            _runner(reactor, [ExplodingFamily(), QuickFamily()]).run()
+        )
+        report = self.successResultOf(d)
+        by_id = {c.id: c for c in report.checks}
+        self.assertEqual(by_id["b.one"].status, Status.FAIL)
+        self.assertEqual(by_id["b.one"].details["reason"], "error")
+        self.assertIn("boom", by_id["b.one"].summary)
+        self.assertEqual(by_id["config.x"].status, Status.OK)
+
+    def test_static_check_exception_is_contained(self) -> None:
+        reactor = MemoryReactorClock()
+
+        def broken() -> list[CheckResult]:
+            raise ValueError("bad snapshot")
+
+        runner = CheckRunner(
+            reactor=reactor,
+            server_name="x",
+            timeout_s=1,
+            static_checks=broken,
+            families=list,
+        )
+        report = self.successResultOf(defer.ensureDeferred(runner.run()))
+        self.assertEqual(report.checks[0].status, Status.FAIL)
+        self.assertEqual(report.checks[0].details["reason"], "error")
+
+
+class ReportCacheTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.pending: list[defer.Deferred[Report]] = []
+
+        def start() -> defer.Deferred[Report]:
+            d: defer.Deferred[Report] = defer.Deferred()
+            self.pending.append(d)
+            return d
+
+        self.cache = ReportCache(self.reactor, 60, start)
+
+    def _report(self, at: int) -> Report:
+        return Report.build(
+            server_name="x",
+            checks=[],
+            federation_disabled=False,
+            generated_at=at,
+            duration_ms=1,
+        )
+
+    def test_concurrent_refreshes_share_one_run(self) -> None:
+        waiters = [self.cache.get(refresh=i % 2 == 0) for i in range(200)]
+        self.assertEqual(self.cache.runs_started, 1)
+        for w in waiters:
+            self.assertNoResult(w)
+        report = self._report(1)
+        self.pending[0].callback(report)
+        for w in waiters:
+            self.assertIs(self.successResultOf(w), report)
+
+    def test_serves_cache_within_ttl_and_refresh_forces_run(self) -> None:
+        first = self.cache.get()
+        self.pending[0].callback(self._report(1))
+        self.successResultOf(first)
+        self.reactor.advance(30)
+        self.assertEqual(self.successResultOf(self.cache.get()).generated_at, 1)
+        self.assertEqual(self.cache.runs_started, 1)
+        forced = self.cache.get(refresh=True)
+        self.assertEqual(self.cache.runs_started, 2)
+        self.pending[1].callback(self._report(2))
+        self.assertEqual(self.successResultOf(forced).generated_at, 2)
+        self.reactor.advance(61)
+        self.cache.get()
+        self.assertEqual(self.cache.runs_started, 3)
+
+    def test_listeners_see_each_new_report_and_errors_reach_waiters(self) -> None:
+        seen: list[Report] = []
+        self.cache.add_listener(seen.append)
+        w = self.cache.get()
+        self.pending[0].callback(self._report(5))
+        self.assertEqual([r.generated_at for r in seen], [5])
+        self.successResultOf(w)
+        w2 = self.cache.get(refresh=True)
+        self.pending[1].errback(RuntimeError("x"))
+        self.failureResultOf(w2, RuntimeError)
+        # A failed run does not poison the cache: the old report stays.
+        self.assertEqual(self.cache.last_report, seen[0])
