@@ -1,0 +1,159 @@
+"""The module facade, with a mocked ModuleApi and a fake reactor."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from unittest import mock
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.testing import MemoryReactorClock
+
+from synapse_fedhealth import homeserver
+from synapse_fedhealth.config import parse_fedhealth_config
+from synapse_fedhealth.homeserver import HomeserverSnapshot, ListenerInfo
+from synapse_fedhealth.module import ENDPOINT_PATH, FedHealthModule
+from synapse_fedhealth.report import Report, Status
+from synapse_fedhealth.resource import FedHealthResource
+from synapse_fedhealth.runner import FamilyOutcome
+
+
+def _snapshot(**overrides: Any) -> HomeserverSnapshot:
+    values: dict[str, Any] = {
+        "server_name": "example.com",
+        "public_baseurl": "https://matrix.example.com/",
+        "listeners": (
+            ListenerInfo(
+                index=0,
+                type="http",
+                port=8008,
+                bind_addresses=("127.0.0.1",),
+                resources=frozenset({"client"}),
+            ),
+        ),
+    }
+    values.update(overrides)
+    return HomeserverSnapshot(**values)
+
+
+class FakeNetworkFamily:
+    name = "network"
+    check_ids = ("connection.reachable",)
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    async def run(self) -> FamilyOutcome:
+        from synapse_fedhealth.report import ok
+
+        self.runs += 1
+        return FamilyOutcome(checks=(ok("connection.reachable", "fine"),))
+
+
+def _module(
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    background: bool = True,
+    snapshot: HomeserverSnapshot | None = None,
+    raw_config: dict[str, Any] | None = None,
+) -> tuple[FedHealthModule, mock.Mock, MemoryReactorClock]:
+    reactor = MemoryReactorClock()
+    monkeypatch.setattr(homeserver, "reactor_of", lambda api: reactor)
+    monkeypatch.setattr(homeserver, "snapshot_of", lambda api: snapshot or _snapshot())
+    monkeypatch.setattr(homeserver, "user_agent_of", lambda api: "Synapse/test")
+    api = mock.Mock()
+    api.server_name = "example.com"
+    api.should_run_background_tasks.return_value = background
+    config = parse_fedhealth_config(
+        raw_config or {"startup_delay": "2s", "interval": "1h"}
+    )
+    return FedHealthModule(config, api), api, reactor
+
+
+def test_registers_endpoint_and_schedules_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    module, api, _ = _module(monkeypatch)
+    path, resource = api.register_web_resource.call_args.args
+    assert path == ENDPOINT_PATH
+    assert isinstance(resource, FedHealthResource)
+    assert api.delayed_background_call.call_args.args[0] == 2000
+    assert api.looping_background_call.call_args.args[1] == 3_600_000
+    assert module is not None
+
+
+def test_workers_without_background_tasks_do_not_probe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    module, api, _ = _module(monkeypatch, background=False)
+    api.delayed_background_call.assert_not_called()
+    api.looping_background_call.assert_not_called()
+    report = _report_now(module)
+    network = [c for c in report.checks if c.id == "connection.reachable"]
+    assert network and all(c.status is Status.SKIP for c in network)
+    assert "background tasks" in network[0].summary
+
+
+def test_startup_and_periodic_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    _, api, _ = _module(monkeypatch, raw_config={"startup_check": False, "interval": 0})
+    api.delayed_background_call.assert_not_called()
+    api.looping_background_call.assert_not_called()
+
+
+def test_config_problems_logged_at_startup(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="synapse_fedhealth")
+    _module(monkeypatch)
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    # The listener serves no `federation`: a config.federation_listener problem.
+    assert any(line.startswith("config.federation_listener") for line in lines)
+    assert all(" Fix: " in line for line in lines)
+
+
+def test_disabled_federation_gives_disabled_verdict(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    module, _, _ = _module(
+        monkeypatch, snapshot=_snapshot(federation_domain_whitelist=())
+    )
+    report = _report_now(module)
+    assert report.verdict.value == "disabled"
+    assert report.federation_ok is False
+
+
+def test_unreadable_synapse_config_does_not_crash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(api: Any) -> HomeserverSnapshot:
+        raise AttributeError("'Config' object has no attribute 'server'")
+
+    reactor = MemoryReactorClock()
+    monkeypatch.setattr(homeserver, "reactor_of", lambda api: reactor)
+    monkeypatch.setattr(homeserver, "snapshot_of", broken)
+    api = mock.Mock()
+    api.server_name = "example.com"
+    module = FedHealthModule(parse_fedhealth_config({}), api)
+    report = _report_now(module)
+    assert report.verdict.value == "broken"
+    assert report.checks[0].details["reason"] == "error"
+
+
+def test_report_runs_family_and_caches(monkeypatch: pytest.MonkeyPatch) -> None:
+    module, _, _ = _module(monkeypatch)
+    family = FakeNetworkFamily()
+    monkeypatch.setattr(module, "_families", lambda: [family])
+    first = _report_now(module)
+    second = _report_now(module)
+    assert first is second
+    assert family.runs == 1
+    third = _report_now(module, refresh=True)
+    assert family.runs == 2
+    assert third is not first
+
+
+def _report_now(module: FedHealthModule, refresh: bool = False) -> Report:
+    d: defer.Deferred[Report] = module._get_report(refresh)
+    results: list[Report] = []
+    d.addCallback(results.append)
+    assert results, "the run should finish synchronously with fakes"
+    return results[0]
