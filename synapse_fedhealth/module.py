@@ -198,7 +198,12 @@ class FedHealthModule:
     async def _background_run(self) -> None:
         from synapse.logging.context import make_deferred_yieldable
 
-        await make_deferred_yieldable(self._cache.get(refresh=True))
+        try:
+            await make_deferred_yieldable(self._cache.get(refresh=True))
+        except Exception as e:
+            # The runner contains check errors; this is a last line of defence
+            # so a background run never puts a traceback in Synapse's log.
+            logger.warning("synapse_fedhealth: the background run failed: %s", e)
 
     def _on_report(self, report: Report) -> None:
         record_report(report, cert_expiry_from(report))

@@ -21,7 +21,12 @@ def problem_line(check: CheckResult) -> str:
     target = f" [{check.target}]" if check.target else ""
     line = f"{check.id}{target}: {check.summary}"
     if check.fix:
-        line += f" Fix: {check.fix}"
+        # A log line stays one line: multi-line snippets are left to the
+        # report and the docs.
+        first, _, rest = check.fix.strip().partition("\n")
+        line += f" Fix: {first.strip()}"
+        if rest.strip() and check.docs not in first:
+            line += f" (example in {check.docs})"
     return line
 
 
@@ -68,8 +73,23 @@ def render_text(report: Report, *, width: int | None = None) -> str:
         lines.append(head + summary[0])
         lines.extend(indent + rest for rest in summary[1:])
         if check.fix and check.status in (Status.WARN, Status.FAIL):
-            for i, fix_line in enumerate(textwrap.wrap(check.fix, summary_width - 5)):
+            for i, fix_line in enumerate(
+                _wrap_keeping_lines(check.fix, summary_width - 5)
+            ):
                 lines.append(indent + ("fix: " if i == 0 else "     ") + fix_line)
     lines.append("")
     lines.append(summary_line(report))
     return "\n".join(lines) + "\n"
+
+
+def _wrap_keeping_lines(text: str, width: int) -> list[str]:
+    """Wrap prose, but keep the line structure of snippets (YAML, nginx)."""
+    out: list[str] = []
+    for line in text.splitlines():
+        stripped = line.lstrip()
+        lead = line[: len(line) - len(stripped)]
+        wrapped = textwrap.wrap(
+            stripped, max(20, width - len(lead)), break_on_hyphens=False
+        )
+        out.extend(lead + w for w in wrapped or [""])
+    return out

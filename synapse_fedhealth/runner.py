@@ -149,7 +149,18 @@ class CheckRunner:
                     details={"reason": "error"},
                 )
             )
-        families = list(self._families())
+        try:
+            families = list(self._families())
+        except Exception as e:
+            families = []
+            checks.append(
+                fail(
+                    "network",
+                    f"the network checks could not start: {e}"[:300],
+                    fix="This is a bug in synapse-fedhealth; please report it.",
+                    details={"reason": "error"},
+                )
+            )
         outcomes: list[FamilyOutcome] = await defer.gatherResults(
             [
                 defer.ensureDeferred(

@@ -10,7 +10,9 @@ hold the leaf followed by its intermediates. Every problem is returned as a
 from __future__ import annotations
 
 import datetime
+import re
 import ssl
+import warnings
 from collections.abc import Sequence
 
 import attr
@@ -185,16 +187,35 @@ def _linked_chain(
     return chain, True
 
 
+_PEM_CERT_RE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
+)
+
+
 def _load_trust_store(ca_file: str | None) -> tuple[str | None, list[x509.Certificate]]:
-    """The CA bundle to judge the chain with: `tls_ca_file`, else the system's."""
+    """The CA bundle to judge the chain with: `tls_ca_file`, else the system's.
+
+    Certificates are loaded one by one: system bundles hold a few roots that
+    newer cryptography releases refuse (e.g. negative serial numbers), and one
+    of those must not hide the others.
+    """
     path = ca_file or ssl.get_default_verify_paths().cafile
     if path is None:
         return None, []
     try:
         with open(path, "rb") as f:
-            return path, x509.load_pem_x509_certificates(f.read())
-    except (OSError, ValueError):
+            data = f.read()
+    except OSError:
         return None, []
+    roots = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for match in _PEM_CERT_RE.finditer(data):
+            try:
+                roots.append(x509.load_pem_x509_certificate(match.group(0)))
+            except ValueError:
+                continue
+    return path, roots
 
 
 def _trust_problems(

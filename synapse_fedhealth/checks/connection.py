@@ -32,14 +32,25 @@ SECONDS_PER_DAY = 24 * 3600
 def probe_details(target: Target) -> dict[str, Any]:
     """Every network check records what it used (SPEC 3). A TLS probe sends
     no HTTP request: `host_header` is the one peers send on this address."""
-    return {"url": f"tls://{target.address}", "host_header": target.host_header, "sni": target.sni}
+    return {
+        "url": f"tls://{target.address}",
+        "host_header": target.host_header,
+        "sni": target.sni,
+    }
 
 
-def check_reachable(target: Target, probe: TlsProbeResult, *, any_reachable: bool) -> CheckResult:
+def check_reachable(
+    target: Target, probe: TlsProbeResult, *, any_reachable: bool
+) -> CheckResult:
     details = probe_details(target)
     if probe.connect == ConnectOutcome.OK:
         details["connect_ms"] = probe.connect_ms
-        return ok(REACHABLE, f"TCP connect to {target.address} succeeded", target=target.address, details=details)
+        return ok(
+            REACHABLE,
+            f"TCP connect to {target.address} succeeded",
+            target=target.address,
+            details=details,
+        )
     details["reason"] = probe.connect
     details["error"] = probe.connect_error
     what = {
@@ -67,7 +78,12 @@ def check_reachable(target: Target, probe: TlsProbeResult, *, any_reachable: boo
 
 
 def _not_connected(check_id: str, target: Target) -> CheckResult:
-    return skip(check_id, f"not checked: {target.address} is not reachable", target=target.address, details=probe_details(target))
+    return skip(
+        check_id,
+        f"not checked: {target.address} is not reachable",
+        target=target.address,
+        details=probe_details(target),
+    )
 
 
 def check_handshake(target: Target, probe: TlsProbeResult) -> CheckResult:
@@ -105,7 +121,12 @@ def check_handshake(target: Target, probe: TlsProbeResult) -> CheckResult:
             target=target.address,
             details=details,
         )
-    return ok(TLS_HANDSHAKE, f"{probe.protocol}, {probe.cipher}", target=target.address, details=details)
+    return ok(
+        TLS_HANDSHAKE,
+        f"{probe.protocol}, {probe.cipher}",
+        target=target.address,
+        details=details,
+    )
 
 
 _CERT_FIXES = {
@@ -129,7 +150,12 @@ def check_certificate(
     if probe.connect != ConnectOutcome.OK:
         return _not_connected(TLS_CERTIFICATE, target), None
     if probe.handshake != "ok" or not probe.chain:
-        return skip(TLS_CERTIFICATE, "not checked: no TLS handshake", target=target.address, details=probe_details(target)), None
+        return skip(
+            TLS_CERTIFICATE,
+            "not checked: no TLS handshake",
+            target=target.address,
+            details=probe_details(target),
+        ), None
     if now is None:
         now = time.time()
     verification = verify_chain(probe.chain, target.sni, trust, now=now)
@@ -178,7 +204,12 @@ def check_certificate(
             verification,
         )
     return (
-        ok(TLS_CERTIFICATE, f"valid for {target.sni}, {days_left:.0f} days left", target=target.address, details=details),
+        ok(
+            TLS_CERTIFICATE,
+            f"valid for {target.sni}, {days_left:.0f} days left",
+            target=target.address,
+            details=details,
+        ),
         verification,
     )
 

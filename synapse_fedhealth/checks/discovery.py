@@ -15,7 +15,12 @@ from typing import Any
 
 import attr
 
-from synapse_fedhealth.net.addresses import AddressClass, classify_address, format_address, is_ip_literal
+from synapse_fedhealth.net.addresses import (
+    AddressClass,
+    classify_address,
+    format_address,
+    is_ip_literal,
+)
 from synapse_fedhealth.net.dns import DnsOutcome, DnsResult, SrvRecord
 from synapse_fedhealth.net.http import (
     ERR_CERTIFICATE,
@@ -139,24 +144,56 @@ def cache_lifetime(http: HttpResult, now: float) -> float | None:
     return None
 
 
-def interpret_well_known(http: HttpResult, *, now: float | None = None) -> WellKnownOutcome:
+def interpret_well_known(
+    http: HttpResult, *, now: float | None = None
+) -> WellKnownOutcome:
     """What a Synapse peer makes of one /.well-known/matrix/server fetch."""
     if now is None:
         now = time.time()
     if http.error is not None:
         if http.error == ERR_TIMEOUT:
-            return WellKnownOutcome(kind=WK_TIMEOUT, http=http, problem="the request timed out", reason="timeout")
+            return WellKnownOutcome(
+                kind=WK_TIMEOUT,
+                http=http,
+                problem="the request timed out",
+                reason="timeout",
+            )
         if http.error == ERR_CERTIFICATE:
-            return WellKnownOutcome(kind=WK_TLS, http=http, problem=http.error_message, reason=http.tls_reason)
+            return WellKnownOutcome(
+                kind=WK_TLS,
+                http=http,
+                problem=http.error_message,
+                reason=http.tls_reason,
+            )
         if http.error == ERR_TLS:
-            return WellKnownOutcome(kind=WK_TLS, http=http, problem=http.error_message, reason="tls_handshake")
+            return WellKnownOutcome(
+                kind=WK_TLS,
+                http=http,
+                problem=http.error_message,
+                reason="tls_handshake",
+            )
         if http.error in (ERR_REFUSED, ERR_UNREACHABLE, ERR_NO_ADDRESS):
-            return WellKnownOutcome(kind=WK_UNREACHABLE, http=http, problem=http.error_message, reason=http.error)
-        return WellKnownOutcome(kind=WK_FAILED, http=http, problem=http.error_message or http.error, reason=http.error)
+            return WellKnownOutcome(
+                kind=WK_UNREACHABLE,
+                http=http,
+                problem=http.error_message,
+                reason=http.error,
+            )
+        return WellKnownOutcome(
+            kind=WK_FAILED,
+            http=http,
+            problem=http.error_message or http.error,
+            reason=http.error,
+        )
     if http.status == 404:
         return WellKnownOutcome(kind=WK_ABSENT, http=http)
     if http.status != 200:
-        return WellKnownOutcome(kind=WK_NON_200, http=http, problem=f"HTTP {http.status}", reason="http_status")
+        return WellKnownOutcome(
+            kind=WK_NON_200,
+            http=http,
+            problem=f"HTTP {http.status}",
+            reason="http_status",
+        )
     lifetime = cache_lifetime(http, now)
     try:
         parsed = json.loads(http.body.decode("utf-8"))
@@ -165,21 +202,50 @@ def interpret_well_known(http: HttpResult, *, now: float | None = None) -> WellK
     except (ValueError, RecursionError):
         return _invalid(http, "the body is not valid JSON", lifetime)
     if not isinstance(parsed, dict):
-        return _invalid(http, f"the body is JSON but not an object ({type(parsed).__name__})", lifetime)
+        return _invalid(
+            http,
+            f"the body is JSON but not an object ({type(parsed).__name__})",
+            lifetime,
+        )
     if "m.server" not in parsed:
         return _invalid(http, 'the JSON object has no "m.server" key', lifetime)
     m_server = parsed["m.server"]
     if not isinstance(m_server, str):
-        return _invalid(http, f'"m.server" is not a string: {_clip(repr(m_server))}', lifetime, m_server)
+        return _invalid(
+            http,
+            f'"m.server" is not a string: {_clip(repr(m_server))}',
+            lifetime,
+            m_server,
+        )
     try:
         parse_and_validate_server_name(m_server)
     except ValueError as e:
-        return _invalid(http, f'"m.server" is not a valid server name: {_clip(str(e))}', lifetime, m_server)
-    return WellKnownOutcome(kind=WK_DELEGATED, http=http, m_server=m_server, delegated=m_server.lower(), cache_lifetime_s=lifetime)
+        return _invalid(
+            http,
+            f'"m.server" is not a valid server name: {_clip(str(e))}',
+            lifetime,
+            m_server,
+        )
+    return WellKnownOutcome(
+        kind=WK_DELEGATED,
+        http=http,
+        m_server=m_server,
+        delegated=m_server.lower(),
+        cache_lifetime_s=lifetime,
+    )
 
 
-def _invalid(http: HttpResult, problem: str, lifetime: float | None, m_server: Any = None) -> WellKnownOutcome:
-    return WellKnownOutcome(kind=WK_INVALID, http=http, problem=problem, reason="invalid", cache_lifetime_s=lifetime, m_server=m_server)
+def _invalid(
+    http: HttpResult, problem: str, lifetime: float | None, m_server: Any = None
+) -> WellKnownOutcome:
+    return WellKnownOutcome(
+        kind=WK_INVALID,
+        http=http,
+        problem=problem,
+        reason="invalid",
+        cache_lifetime_s=lifetime,
+        m_server=m_server,
+    )
 
 
 def _clip(text: str, limit: int = 120) -> str:
@@ -225,7 +291,9 @@ def check_well_known(
     name = server_name
     details = _wk_details(outcome)
     if outcome.kind == WK_NOT_CONSULTED:
-        return ok(WELL_KNOWN, f"not consulted: {not_consulted_because}", details=details)
+        return ok(
+            WELL_KNOWN, f"not consulted: {not_consulted_because}", details=details
+        )
     if outcome.kind == WK_DELEGATED:
         if outcome.http is not None and outcome.http.content_type != "application/json":
             return warn(
@@ -309,9 +377,15 @@ def check_well_known_consistency(
     not_consulted_because: str = "",
 ) -> CheckResult:
     if main.kind == WK_NOT_CONSULTED:
-        return skip(WELL_KNOWN_CONSISTENCY, f"not applicable: the well-known is not consulted ({not_consulted_because})")
+        return skip(
+            WELL_KNOWN_CONSISTENCY,
+            f"not applicable: the well-known is not consulted ({not_consulted_because})",
+        )
     if not per_address:
-        return skip(WELL_KNOWN_CONSISTENCY, f"{server_name} has no address to fetch the well-known from")
+        return skip(
+            WELL_KNOWN_CONSISTENCY,
+            f"{server_name} has no address to fetch the well-known from",
+        )
     details: dict[str, Any] = {
         "url": f"https://{server_name}/.well-known/matrix/server",
         "host_header": server_name,
@@ -319,10 +393,18 @@ def check_well_known_consistency(
         "by_address": {addr: o.describe() for addr, o in per_address},
     }
     if len(per_address) == 1:
-        return ok(WELL_KNOWN_CONSISTENCY, f"one address ({per_address[0][0]}): nothing to compare", details=details)
+        return ok(
+            WELL_KNOWN_CONSISTENCY,
+            f"one address ({per_address[0][0]}): nothing to compare",
+            details=details,
+        )
     answers = {o.comparable for _, o in per_address}
     if len(answers) == 1:
-        return ok(WELL_KNOWN_CONSISTENCY, f"all {len(per_address)} addresses answer the same: {per_address[0][1].describe()}", details=details)
+        return ok(
+            WELL_KNOWN_CONSISTENCY,
+            f"all {len(per_address)} addresses answer the same: {per_address[0][1].describe()}",
+            details=details,
+        )
     shown = "; ".join(f"{addr}: {o.describe()}" for addr, o in per_address)
     return warn(
         WELL_KNOWN_CONSISTENCY,
@@ -352,7 +434,9 @@ class SrvDecision:
 def sort_srv(records: Sequence[SrvRecord]) -> tuple[SrvRecord, ...]:
     """Priority ascending, then heavier weight first (Synapse shuffles by
     weight; we show the likeliest order, deterministically)."""
-    return tuple(sorted(records, key=lambda r: (r.priority, -r.weight, r.target, r.port)))
+    return tuple(
+        sorted(records, key=lambda r: (r.priority, -r.weight, r.target, r.port))
+    )
 
 
 def decide_srv(name: str, fed: DnsResult, legacy: DnsResult | None) -> SrvDecision:
@@ -361,14 +445,32 @@ def decide_srv(name: str, fed: DnsResult, legacy: DnsResult | None) -> SrvDecisi
     for result in (fed, legacy):
         if result is None:
             break
-        if result.outcome in (DnsOutcome.SERVFAIL, DnsOutcome.TIMEOUT, DnsOutcome.ERROR):
-            return SrvDecision(name=name, fed=fed, legacy=legacy, kind="failed", failed=result)
+        if result.outcome in (
+            DnsOutcome.SERVFAIL,
+            DnsOutcome.TIMEOUT,
+            DnsOutcome.ERROR,
+        ):
+            return SrvDecision(
+                name=name, fed=fed, legacy=legacy, kind="failed", failed=result
+            )
         if result.srv:
             records = sort_srv(result.srv)
             if len(records) == 1 and records[0].target == ".":
-                return SrvDecision(name=name, fed=fed, legacy=legacy, kind="unavailable", records=records)
+                return SrvDecision(
+                    name=name,
+                    fed=fed,
+                    legacy=legacy,
+                    kind="unavailable",
+                    records=records,
+                )
             usable = tuple(r for r in records if r.target != ".")
-            return SrvDecision(name=name, fed=fed, legacy=legacy, kind="fed" if result is fed else "legacy", records=usable)
+            return SrvDecision(
+                name=name,
+                fed=fed,
+                legacy=legacy,
+                kind="fed" if result is fed else "legacy",
+                records=usable,
+            )
     return SrvDecision(name=name, fed=fed, legacy=legacy, kind="none")
 
 
@@ -406,7 +508,11 @@ def check_srv(
     if decision.kind == "failed":
         assert decision.failed is not None
         failed = decision.failed
-        reason = "timeout" if failed.outcome is DnsOutcome.TIMEOUT else ("servfail" if failed.outcome is DnsOutcome.SERVFAIL else "error")
+        reason = (
+            "timeout"
+            if failed.outcome is DnsOutcome.TIMEOUT
+            else ("servfail" if failed.outcome is DnsOutcome.SERVFAIL else "error")
+        )
         details["reason"] = reason
         verb = "timed out" if reason == "timeout" else f"failed ({failed.describe()})"
         return fail(
@@ -424,7 +530,11 @@ def check_srv(
             details=details,
         )
     if decision.kind == "none":
-        return ok(SRV, f"no SRV records for {decision.name}; peers use port {DEFAULT_FEDERATION_PORT}", details=details)
+        return ok(
+            SRV,
+            f"no SRV records for {decision.name}; peers use port {DEFAULT_FEDERATION_PORT}",
+            details=details,
+        )
     records = ", ".join(f"{r.target}:{r.port}" for r in decision.records)
     if cname_targets:
         details["cname_targets"] = [list(p) for p in cname_targets]
@@ -490,9 +600,13 @@ class Target:
         }
 
 
-def check_addresses(hosts: Sequence[HostAddresses], *, literal_targets: Sequence[str] = ()) -> CheckResult:
+def check_addresses(
+    hosts: Sequence[HostAddresses], *, literal_targets: Sequence[str] = ()
+) -> CheckResult:
     """`discovery.addresses` over every host the targets come from."""
-    details: dict[str, Any] = {"hosts": {h.host: {"A": h.a.to_json(), "AAAA": h.aaaa.to_json()} for h in hosts}}
+    details: dict[str, Any] = {
+        "hosts": {h.host: {"A": h.a.to_json(), "AAAA": h.aaaa.to_json()} for h in hosts}
+    }
     if literal_targets:
         details["ip_literals"] = list(literal_targets)
     all_addresses = [a for h in hosts for a in h.addresses] + list(literal_targets)
@@ -505,14 +619,21 @@ def check_addresses(hosts: Sequence[HostAddresses], *, literal_targets: Sequence
         details["private"] = private
 
     failed_lookups = [
-        (h.host, r) for h in hosts for r in (h.a, h.aaaa) if r.outcome in (DnsOutcome.SERVFAIL, DnsOutcome.TIMEOUT, DnsOutcome.ERROR)
+        (h.host, r)
+        for h in hosts
+        for r in (h.a, h.aaaa)
+        if r.outcome in (DnsOutcome.SERVFAIL, DnsOutcome.TIMEOUT, DnsOutcome.ERROR)
     ]
     empty_hosts = [h for h in hosts if not h.addresses]
     if not all_addresses:
         timed_out = any(r.outcome is DnsOutcome.TIMEOUT for _, r in failed_lookups)
         details["reason"] = "timeout" if timed_out else "no_address"
         names = ", ".join(h.host for h in hosts) or "(no host)"
-        why = "; ".join(f"{host} {r.rdtype}: {r.describe()}" for h in hosts for host, r in ((h.host, h.a), (h.host, h.aaaa)))
+        why = "; ".join(
+            f"{host} {r.rdtype}: {r.describe()}"
+            for h in hosts
+            for host, r in ((h.host, h.a), (h.host, h.aaaa))
+        )
         verb = "timed out" if timed_out else "found no address"
         return fail(
             ADDRESSES,
@@ -529,7 +650,9 @@ def check_addresses(hosts: Sequence[HostAddresses], *, literal_targets: Sequence
             details=details,
         )
     if empty_hosts or failed_lookups:
-        problems = [f"{h.host} has no address" for h in empty_hosts] + [f"{host} {r.rdtype}: {r.describe()}" for host, r in failed_lookups]
+        problems = [f"{h.host} has no address" for h in empty_hosts] + [
+            f"{host} {r.rdtype}: {r.describe()}" for host, r in failed_lookups
+        ]
         return warn(
             ADDRESSES,
             "some lookups failed: " + "; ".join(problems),
@@ -546,7 +669,9 @@ def check_addresses(hosts: Sequence[HostAddresses], *, literal_targets: Sequence
             "(or, for a private federation, allow these ranges in the peers' ip_range_whitelist).",
             details=details,
         )
-    summary = "; ".join(f"{h.host}: {', '.join(h.addresses)}" for h in hosts) or ", ".join(literal_targets)
+    summary = "; ".join(
+        f"{h.host}: {', '.join(h.addresses)}" for h in hosts
+    ) or ", ".join(literal_targets)
     return ok(ADDRESSES, summary, details=details)
 
 
@@ -555,7 +680,11 @@ def check_targets(targets: Sequence[Target], *, truncated: bool = False) -> Chec
     if truncated:
         details["truncated"] = True
     if not targets:
-        return ok(TARGETS, "no target address: nothing for peers to connect to", details=details)
+        return ok(
+            TARGETS,
+            "no target address: nothing for peers to connect to",
+            details=details,
+        )
     first = targets[0]
     shown = ", ".join(t.address for t in targets)
     return ok(

@@ -60,7 +60,9 @@ def parse_json_object(body: bytes) -> tuple[dict[str, Any] | None, str]:
     return value, ""
 
 
-def _http_failure(check_id: str, target: Target, http: HttpResult, what: str) -> CheckResult:
+def _http_failure(
+    check_id: str, target: Target, http: HttpResult, what: str
+) -> CheckResult:
     details = _details(target, http)
     if http.error == ERR_TIMEOUT:
         details["reason"] = "timeout"
@@ -90,7 +92,10 @@ def _status_failure(check_id: str, target: Target, http: HttpResult) -> CheckRes
             f"HTTP 404 from {target.address}: the request reached something that does not serve federation "
             "(a listener without the `federation` resource, or a proxy that does not route this path)"
         )
-        fix = _FIX_ROUTE.format(port=target.port) + " In Synapse, add `federation` to that listener's `resources` `names`."
+        fix = (
+            _FIX_ROUTE.format(port=target.port)
+            + " In Synapse, add `federation` to that listener's `resources` `names`."
+        )
     elif status in (502, 503, 504):
         summary = f"HTTP {status} from {target.address}: a reverse proxy answered, but its upstream (Synapse) is down or unreachable"
         fix = "Start Synapse and check the proxy's upstream address and port (the `proxy_pass` / `reverse_proxy` target) match a Synapse listener."
@@ -103,7 +108,9 @@ def _status_failure(check_id: str, target: Target, http: HttpResult) -> CheckRes
     return fail(check_id, summary, fix=fix, target=target.address, details=details)
 
 
-def check_version(target: Target, http: HttpResult) -> tuple[CheckResult, dict[str, str] | None]:
+def check_version(
+    target: Target, http: HttpResult
+) -> tuple[CheckResult, dict[str, str] | None]:
     """`federation.version`; also returns {"name", "version"} when served."""
     if http.error is not None:
         return _http_failure(VERSION, target, http, "GET " + VERSION_PATH), None
@@ -121,14 +128,17 @@ def check_version(target: Target, http: HttpResult) -> tuple[CheckResult, dict[s
                 VERSION,
                 f"HTTP 200 from {target.address}, but not a federation version answer: "
                 + (problem or 'no "server": {"name", "version"} strings'),
-                fix=_FIX_ROUTE.format(port=target.port) + " Something else (a web app, a default vhost) answers this path.",
+                fix=_FIX_ROUTE.format(port=target.port)
+                + " Something else (a web app, a default vhost) answers this path.",
                 target=target.address,
                 details=details,
             ),
             None,
         )
     details["server"] = {"name": name[:100], "version": version[:100]}
-    return ok(VERSION, f"{name[:100]} {version[:100]}", target=target.address, details=details), {"name": name[:100], "version": version[:100]}
+    return ok(
+        VERSION, f"{name[:100]} {version[:100]}", target=target.address, details=details
+    ), {"name": name[:100], "version": version[:100]}
 
 
 # ---------------------------------------------------------------------------
@@ -137,7 +147,13 @@ def check_version(target: Target, http: HttpResult) -> tuple[CheckResult, dict[s
 
 def canonical_json(value: Any) -> bytes:
     """Matrix canonical JSON (sorted keys, no whitespace, UTF-8)."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False).encode("utf-8")
+    return json.dumps(
+        value,
+        ensure_ascii=False,
+        separators=(",", ":"),
+        sort_keys=True,
+        allow_nan=False,
+    ).encode("utf-8")
 
 
 def decode_base64(text: str) -> bytes:
@@ -173,11 +189,15 @@ class ServedKeys:
     def matching_server_name_ok(self) -> bool:
         return self.server_name is not None
 
-    def federation_tester_checks(self, expected_server_name: str, now_ms: int) -> dict[str, Any]:
+    def federation_tester_checks(
+        self, expected_server_name: str, now_ms: int
+    ) -> dict[str, Any]:
         matching = self.server_name == expected_server_name
         future = self.valid_until_ts is not None and self.valid_until_ts > now_ms
         has_key = bool(self.key_checks)
-        all_keys = has_key and all(k.valid_key and k.signature_ok for k in self.key_checks)
+        all_keys = has_key and all(
+            k.valid_key and k.signature_ok for k in self.key_checks
+        )
         return {
             "AllChecksOK": matching and future and has_key and all_keys,
             "MatchingServerName": matching,
@@ -200,7 +220,11 @@ def parse_served_keys(address: str, body: Mapping[str, Any]) -> ServedKeys:
         message: bytes | None = canonical_json(signed_part)
     except (ValueError, TypeError, RecursionError):
         message = None
-    server_sigs = signatures.get(server_name) if isinstance(signatures, dict) and isinstance(server_name, str) else None
+    server_sigs = (
+        signatures.get(server_name)
+        if isinstance(signatures, dict) and isinstance(server_name, str)
+        else None
+    )
     if isinstance(verify_keys, dict):
         for key_id, entry in list(verify_keys.items())[:16]:
             if not isinstance(key_id, str) or not key_id.startswith("ed25519:"):
@@ -221,18 +245,26 @@ def parse_served_keys(address: str, body: Mapping[str, Any]) -> ServedKeys:
                     sig_ok = True
                 except (InvalidSignature, ValueError, binascii.Error):
                     sig_ok = False
-            checks.append(KeyCheck(key_id=key_id, valid_key=public is not None, signature_ok=sig_ok))
+            checks.append(
+                KeyCheck(
+                    key_id=key_id, valid_key=public is not None, signature_ok=sig_ok
+                )
+            )
     return ServedKeys(
         address=address,
         raw=body,
         server_name=server_name if isinstance(server_name, str) else None,
-        valid_until_ts=valid_until if isinstance(valid_until, int) and not isinstance(valid_until, bool) else None,
+        valid_until_ts=valid_until
+        if isinstance(valid_until, int) and not isinstance(valid_until, bool)
+        else None,
         ed25519_keys=ed_keys,
         key_checks=tuple(checks),
     )
 
 
-def check_keys(target: Target, http: HttpResult, server_name: str, *, now_ms: int | None = None) -> tuple[CheckResult, ServedKeys | None]:
+def check_keys(
+    target: Target, http: HttpResult, server_name: str, *, now_ms: int | None = None
+) -> tuple[CheckResult, ServedKeys | None]:
     if http.error is not None:
         return _http_failure(KEYS, target, http, "GET " + KEYS_PATH), None
     if http.status != 200:
@@ -245,7 +277,13 @@ def check_keys(target: Target, http: HttpResult, server_name: str, *, now_ms: in
     if body is None:
         details["reason"] = "invalid"
         return (
-            fail(KEYS, f"the key answer from {target.address} is unusable: {problem}", fix=_FIX_ROUTE.format(port=target.port), target=target.address, details=details),
+            fail(
+                KEYS,
+                f"the key answer from {target.address} is unusable: {problem}",
+                fix=_FIX_ROUTE.format(port=target.port),
+                target=target.address,
+                details=details,
+            ),
             None,
         )
     served = parse_served_keys(target.address, body)
@@ -255,7 +293,9 @@ def check_keys(target: Target, http: HttpResult, server_name: str, *, now_ms: in
 
     def _fail(summary: str, fix: str, reason: str) -> tuple[CheckResult, ServedKeys]:
         details["reason"] = reason
-        return fail(KEYS, summary, fix=fix, target=target.address, details=details), served
+        return fail(
+            KEYS, summary, fix=fix, target=target.address, details=details
+        ), served
 
     if served.server_name != server_name:
         return _fail(
@@ -270,7 +310,9 @@ def check_keys(target: Target, http: HttpResult, server_name: str, *, now_ms: in
             "Check Synapse's `signing_key_path`; Synapse always serves its ed25519 key unless something else answers this path.",
             "no_key",
         )
-    bad_keys = [k.key_id for k in served.key_checks if not (k.valid_key and k.signature_ok)]
+    bad_keys = [
+        k.key_id for k in served.key_checks if not (k.valid_key and k.signature_ok)
+    ]
     if bad_keys:
         return _fail(
             f"the self-signature does not verify for {', '.join(bad_keys)}: peers reject these keys",
@@ -308,4 +350,9 @@ def check_keys(target: Target, http: HttpResult, server_name: str, *, now_ms: in
             ),
             served,
         )
-    return ok(KEYS, f"{len(served.key_checks)} ed25519 key(s), signatures verify, valid for {ahead / MS_PER_HOUR:.0f} h", target=target.address, details=details), served
+    return ok(
+        KEYS,
+        f"{len(served.key_checks)} ed25519 key(s), signatures verify, valid for {ahead / MS_PER_HOUR:.0f} h",
+        target=target.address,
+        details=details,
+    ), served

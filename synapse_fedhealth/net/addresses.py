@@ -63,5 +63,5 @@ def is_ip_literal(host: str) -> bool:
 
 
 def format_address(ip: str, port: int) -> str:
-    """"ip:port", with IPv6 in brackets ("[::1]:8448")."""
+    """ "ip:port", with IPv6 in brackets ("[::1]:8448")."""
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"

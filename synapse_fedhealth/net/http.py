@@ -23,8 +23,16 @@ from typing import Any, Protocol
 
 import attr
 from twisted.internet import defer, error
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.python.failure import Failure
 from twisted.web.client import URI, Agent, HTTPConnectionPool, ResponseFailed
@@ -32,7 +40,11 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IResponse
 from zope.interface import implementer
 
-from synapse_fedhealth.net.addresses import AddressClass, classify_address, format_address
+from synapse_fedhealth.net.addresses import (
+    AddressClass,
+    classify_address,
+    format_address,
+)
 from synapse_fedhealth.net.dns import DnsResolver
 from synapse_fedhealth.net.tls import (
     CertificateRejected,
@@ -105,7 +117,11 @@ class HttpResult:
 
     def request_details(self) -> dict[str, Any]:
         """What every network check records (SPEC 3)."""
-        out: dict[str, Any] = {"url": self.url, "host_header": self.host_header, "sni": self.sni}
+        out: dict[str, Any] = {
+            "url": self.url,
+            "host_header": self.host_header,
+            "sni": self.sni,
+        }
         if self.connected_to:
             out["connected_to"] = self.connected_to
         if self.redirects:
@@ -151,7 +167,9 @@ class _BoundedBodyCollector(TwistedProtocol):
             return
         self._size += len(data)
         if self._size > self._max_bytes:
-            self._done.errback(BodyTooLarge(f"the body is larger than {self._max_bytes} bytes"))
+            self._done.errback(
+                BodyTooLarge(f"the body is larger than {self._max_bytes} bytes")
+            )
             self.transport.stopProducing()  # type: ignore[union-attr]
             return
         self._chunks.append(data)
@@ -189,7 +207,13 @@ def read_body(response: IResponse, max_bytes: int) -> defer.Deferred[bytes]:
 class _FirstReachableEndpoint:
     """Connects to the first of `addresses` that accepts, then wraps TLS."""
 
-    def __init__(self, reactor: Any, addresses: Sequence[tuple[str, int]], creator: Any, on_connect: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        addresses: Sequence[tuple[str, int]],
+        creator: Any,
+        on_connect: Callable[[str], None],
+    ) -> None:
         self._reactor = reactor
         self._addresses = addresses
         self._creator = creator
@@ -284,7 +308,15 @@ class ProbeHttpClient:
         deadline = started + timeout
 
         fetching = defer.Deferred.fromCoroutine(
-            self._fetch(base, state, connect_to, max_bytes, deadline, follow_redirects, verify_tls)
+            self._fetch(
+                base,
+                state,
+                connect_to,
+                max_bytes,
+                deadline,
+                follow_redirects,
+                verify_tls,
+            )
         )
         fetching.addTimeout(max(0.0, timeout), self._reactor)
 
@@ -292,10 +324,14 @@ class ProbeHttpClient:
             kind, message, reason = classify_failure(f.value)
             if kind == ERR_TIMEOUT:
                 message = f"timed out after {timeout:.1f}s"
-            return _finish(base, state, error=kind, error_message=message, tls_reason=reason)
+            return _finish(
+                base, state, error=kind, error_message=message, tls_reason=reason
+            )
 
         def _elapsed(result: HttpResult) -> HttpResult:
-            return attr.evolve(result, elapsed_ms=round((self._reactor.seconds() - started) * 1000, 1))
+            return attr.evolve(
+                result, elapsed_ms=round((self._reactor.seconds() - started) * 1000, 1)
+            )
 
         fetching.addErrback(_on_error)
         fetching.addCallback(_elapsed)
@@ -324,41 +360,64 @@ class ProbeHttpClient:
             if connect_to is not None:
                 addresses = [connect_to]
             else:
-                addresses = await self._addresses_for(parsed.hostname or "", port, deadline)
+                addresses = await self._addresses_for(
+                    parsed.hostname or "", port, deadline
+                )
             connect_to = None  # only the first hop is pinned
 
             recorder = PeerChainRecorder()
             state.recorder = recorder
-            creator = RecordingConnectionCreator(sni, recorder, verify_with=self._trust if verify_tls else None)
+            creator = RecordingConnectionCreator(
+                sni, recorder, verify_with=self._trust if verify_tls else None
+            )
 
             def _connected(address: str) -> None:
                 state.connected_to = address
 
-            endpoint = _FirstReachableEndpoint(self._reactor, addresses, creator, _connected)
+            endpoint = _FirstReachableEndpoint(
+                self._reactor, addresses, creator, _connected
+            )
             agent = self._make_agent(endpoint)
-            headers = Headers({b"User-Agent": [self._user_agent.encode("latin-1", "replace")]})
+            headers = Headers(
+                {b"User-Agent": [self._user_agent.encode("latin-1", "replace")]}
+            )
             if host_header:
                 headers.setRawHeaders(b"Host", [host_header.encode("ascii", "replace")])
             try:
                 request_uri = url.encode("ascii")
             except UnicodeEncodeError:
                 raise _Refused(ERR_BAD_REDIRECT, f"not an ASCII URL: {url!r}") from None
-            response: IResponse = await agent.request(b"GET", request_uri, headers, None)
+            response: IResponse = await agent.request(
+                b"GET", request_uri, headers, None
+            )
             status = int(response.code)
             location = _last_header(response.headers, b"location")
             if follow_redirects and status in REDIRECT_CODES:
                 if location is None:
-                    raise _Refused(ERR_BAD_REDIRECT, f"HTTP {status} redirect without a Location header")
+                    raise _Refused(
+                        ERR_BAD_REDIRECT,
+                        f"HTTP {status} redirect without a Location header",
+                    )
                 next_url = urllib.parse.urljoin(url, location)
-                state.redirects.append(RedirectHop(url=url, status=status, location=next_url))
+                state.redirects.append(
+                    RedirectHop(url=url, status=status, location=next_url)
+                )
                 # Don't read the redirect body: drop the connection.
                 response.deliverBody(_Discard())
                 if urllib.parse.urlsplit(next_url).scheme != "https":
-                    raise _Refused(ERR_REDIRECT_SCHEME, f"redirect from https to another scheme: {next_url}")
+                    raise _Refused(
+                        ERR_REDIRECT_SCHEME,
+                        f"redirect from https to another scheme: {next_url}",
+                    )
                 if next_url in visited:
-                    raise _Refused(ERR_REDIRECT_LOOP, f"redirect loop: {next_url} was already visited")
+                    raise _Refused(
+                        ERR_REDIRECT_LOOP,
+                        f"redirect loop: {next_url} was already visited",
+                    )
                 if len(state.redirects) >= MAX_REDIRECTS:
-                    raise _Refused(ERR_TOO_MANY_REDIRECTS, f"more than {MAX_REDIRECTS} redirects")
+                    raise _Refused(
+                        ERR_TOO_MANY_REDIRECTS, f"more than {MAX_REDIRECTS} redirects"
+                    )
                 visited.add(next_url)
                 url = next_url
                 new = urllib.parse.urlsplit(next_url)
@@ -378,9 +437,13 @@ class ProbeHttpClient:
         if self._agent_factory is not None:
             return self._agent_factory(endpoint)
         pool = HTTPConnectionPool(self._reactor, persistent=False)
-        return Agent.usingEndpointFactory(self._reactor, _FixedEndpointFactory(endpoint), pool=pool)
+        return Agent.usingEndpointFactory(
+            self._reactor, _FixedEndpointFactory(endpoint), pool=pool
+        )
 
-    async def _addresses_for(self, host: str, port: int, deadline: float) -> list[tuple[str, int]]:
+    async def _addresses_for(
+        self, host: str, port: int, deadline: float
+    ) -> list[tuple[str, int]]:
         bare = host.strip("[]")
         try:
             ipaddress.ip_address(bare)
@@ -392,7 +455,10 @@ class ProbeHttpClient:
         else:
             remaining = max(0.0, deadline - self._reactor.seconds())
             results = await defer.gatherResults(
-                [self._resolver.lookup(host, rdtype, remaining) for rdtype in ("AAAA", "A")],
+                [
+                    self._resolver.lookup(host, rdtype, remaining)
+                    for rdtype in ("AAAA", "A")
+                ],
                 consumeErrors=True,
             )
             candidates = [a for r in results for a in r.addresses]
@@ -400,9 +466,13 @@ class ProbeHttpClient:
                 described = "; ".join(f"{r.rdtype}: {r.describe()}" for r in results)
                 raise _NoAddress(f"{host} has no address ({described})")
         # Never connect to addresses that are unsafe to probe.
-        safe = [a for a in candidates if classify_address(a) is not AddressClass.FORBIDDEN]
+        safe = [
+            a for a in candidates if classify_address(a) is not AddressClass.FORBIDDEN
+        ]
         if not safe:
-            raise _NoAddress(f"{host} resolves only to addresses we never connect to: {', '.join(candidates)}")
+            raise _NoAddress(
+                f"{host} resolves only to addresses we never connect to: {', '.join(candidates)}"
+            )
         return [(a, port) for a in safe[:MAX_ADDRESSES_TRIED]]
 
 
@@ -444,7 +514,9 @@ def _headers_dict(headers: Headers) -> dict[str, tuple[str, ...]]:
     for name, values in headers.getAllRawHeaders():
         if len(out) >= MAX_HEADERS_KEPT:
             break
-        out[name.decode("latin-1").lower()] = tuple(v.decode("latin-1")[:1000] for v in values[:8])
+        out[name.decode("latin-1").lower()] = tuple(
+            v.decode("latin-1")[:1000] for v in values[:8]
+        )
     return out
 
 
@@ -474,7 +546,9 @@ def classify_failure(exc: BaseException) -> tuple[str, str, str | None]:
         return ERR_NO_ADDRESS, str(cause), None
     if isinstance(cause, BodyTooLarge):
         return ERR_TOO_LARGE, str(cause), None
-    if isinstance(cause, (defer.TimeoutError, defer.CancelledError, error.TimeoutError)):
+    if isinstance(
+        cause, (defer.TimeoutError, defer.CancelledError, error.TimeoutError)
+    ):
         return ERR_TIMEOUT, "timed out", None
     from OpenSSL import SSL
 
@@ -486,8 +560,18 @@ def classify_failure(exc: BaseException) -> tuple[str, str, str | None]:
             kind = ERR_UNREACHABLE
         return kind, _short(cause), None
     if isinstance(cause, (error.ConnectionDone, error.ConnectionLost)):
-        return ERR_PROTOCOL, "the connection closed before a complete HTTP response", None
-    if type(cause).__name__ in ("ParseError", "BadHeaders", "_WrapperException", "ResponseFailed", "ResponseNeverReceived"):
+        return (
+            ERR_PROTOCOL,
+            "the connection closed before a complete HTTP response",
+            None,
+        )
+    if type(cause).__name__ in (
+        "ParseError",
+        "BadHeaders",
+        "_WrapperException",
+        "ResponseFailed",
+        "ResponseNeverReceived",
+    ):
         return ERR_PROTOCOL, f"malformed HTTP response: {_short(cause)}", None
     return ERR_ERROR, f"{type(cause).__name__}: {_short(cause)}", None
 
@@ -495,7 +579,9 @@ def classify_failure(exc: BaseException) -> tuple[str, str, str | None]:
 def _ssl_message(e: BaseException) -> str:
     args = e.args[0] if e.args else None
     if isinstance(args, list):
-        parts = [str(item[2]) for item in args if isinstance(item, tuple) and len(item) == 3]
+        parts = [
+            str(item[2]) for item in args if isinstance(item, tuple) and len(item) == 3
+        ]
         if parts:
             return ", ".join(parts)[:300]
     return _short(e)

@@ -12,7 +12,11 @@ from synapse_fedhealth.checks.config_lint import (
     LintSettings,
     lint_config,
 )
-from synapse_fedhealth.homeserver import HomeserverSnapshot, ListenerInfo, SigningKeyInfo
+from synapse_fedhealth.homeserver import (
+    HomeserverSnapshot,
+    ListenerInfo,
+    SigningKeyInfo,
+)
 from synapse_fedhealth.report import CheckResult, Status
 
 NOW = 1_893_456_000.0  # 2030-01-01, fixed: checks never read the clock
@@ -33,7 +37,9 @@ def make_snapshot(**overrides: Any) -> HomeserverSnapshot:
         "server_name": "example.com",
         "public_baseurl": "https://matrix.example.com/",
         "listeners": (PROXIED_LISTENER,),
-        "signing_keys": (SigningKeyInfo(key_id="ed25519:a_abcd", verify_key_base64="x"),),
+        "signing_keys": (
+            SigningKeyInfo(key_id="ed25519:a_abcd", verify_key_base64="x"),
+        ),
     }
     fields.update(overrides)
     return HomeserverSnapshot(**fields)
@@ -47,11 +53,15 @@ def lint(snapshot: HomeserverSnapshot, **settings: Any) -> list[CheckResult]:
     return lint_config(snapshot, LintSettings(now=NOW, **settings))
 
 
-def results_for(check_id: str, snapshot: HomeserverSnapshot, **settings: Any) -> list[CheckResult]:
+def results_for(
+    check_id: str, snapshot: HomeserverSnapshot, **settings: Any
+) -> list[CheckResult]:
     return [r for r in lint(snapshot, **settings) if r.id == check_id]
 
 
-def statuses(check_id: str, snapshot: HomeserverSnapshot, **settings: Any) -> list[Status]:
+def statuses(
+    check_id: str, snapshot: HomeserverSnapshot, **settings: Any
+) -> list[Status]:
     return [r.status for r in results_for(check_id, snapshot, **settings)]
 
 
@@ -100,7 +110,9 @@ def test_a_crashing_check_becomes_a_skip_not_an_exception() -> None:
     broken = listener(bind_addresses=(None,))  # type: ignore[arg-type]
     results = lint(make_snapshot(listeners=(broken,)))
     assert {r.id for r in results} == set(CONFIG_CHECK_IDS)
-    crashed = [r for r in results if r.status is Status.SKIP and "internal error" in r.summary]
+    crashed = [
+        r for r in results if r.status is Status.SKIP and "internal error" in r.summary
+    ]
     assert "config.x_forwarded" in [r.id for r in crashed]
 
 
@@ -117,9 +129,9 @@ def test_server_name_ok(name: str) -> None:
 
 
 def test_server_name_public_is_ok() -> None:
-    assert statuses("config.server_name", make_snapshot(server_name="example.com:8448")) == [
-        Status.OK
-    ]
+    assert statuses(
+        "config.server_name", make_snapshot(server_name="example.com:8448")
+    ) == [Status.OK]
 
 
 @pytest.mark.parametrize(
@@ -155,7 +167,9 @@ def test_server_name_too_long_fails() -> None:
 
 
 def test_server_name_upper_case_warns() -> None:
-    results = results_for("config.server_name", make_snapshot(server_name="Example.com"))
+    results = results_for(
+        "config.server_name", make_snapshot(server_name="Example.com")
+    )
     assert [r.status for r in results] == [Status.WARN]
     assert "example.com" in (results[0].fix or "")
 
@@ -184,7 +198,9 @@ def test_server_name_not_public_warns(name: str) -> None:
 
 
 def test_server_name_upper_case_and_private_gives_two_results() -> None:
-    results = results_for("config.server_name", make_snapshot(server_name="Synapse.LOCAL"))
+    results = results_for(
+        "config.server_name", make_snapshot(server_name="Synapse.LOCAL")
+    )
     assert [r.status for r in results] == [Status.WARN, Status.WARN]
 
 
@@ -199,7 +215,9 @@ def test_federation_listener_ok_names_the_listener() -> None:
 
 def test_no_federation_listener_fails() -> None:
     client_only = listener(resources=frozenset({"client"}))
-    metrics = ListenerInfo(index=1, type="metrics", port=9000, bind_addresses=("127.0.0.1",))
+    metrics = ListenerInfo(
+        index=1, type="metrics", port=9000, bind_addresses=("127.0.0.1",)
+    )
     [result] = results_for(
         "config.federation_listener", make_snapshot(listeners=(client_only, metrics))
     )
@@ -209,9 +227,9 @@ def test_no_federation_listener_fails() -> None:
 
 def test_keys_resource_alone_is_not_federation() -> None:
     keys_only = listener(resources=frozenset({"keys", "openid"}))
-    assert statuses("config.federation_listener", make_snapshot(listeners=(keys_only,))) == [
-        Status.FAIL
-    ]
+    assert statuses(
+        "config.federation_listener", make_snapshot(listeners=(keys_only,))
+    ) == [Status.FAIL]
 
 
 def test_no_federation_listener_on_a_worker_is_ok_with_explanation() -> None:
@@ -265,7 +283,9 @@ def test_local_listener_without_x_forwarded_warns_conditionally() -> None:
         {"bind_addresses": (), "port": None, "unix_path": "/run/synapse.sock"},
     ],
 )
-def test_private_and_unix_listeners_without_x_forwarded_warn(where: dict[str, Any]) -> None:
+def test_private_and_unix_listeners_without_x_forwarded_warn(
+    where: dict[str, Any],
+) -> None:
     snapshot = make_snapshot(listeners=(listener(x_forwarded=False, **where),))
     assert statuses("config.x_forwarded", snapshot) == [Status.WARN]
 
@@ -275,11 +295,15 @@ def test_local_listener_with_x_forwarded_is_ok() -> None:
 
 
 def test_metrics_and_replication_ports_do_not_warn() -> None:
-    metrics = ListenerInfo(index=0, type="metrics", port=9000, bind_addresses=("127.0.0.1",))
+    metrics = ListenerInfo(
+        index=0, type="metrics", port=9000, bind_addresses=("127.0.0.1",)
+    )
     replication = listener(
         index=1, port=9093, x_forwarded=False, resources=frozenset({"replication"})
     )
-    health = listener(index=2, port=8080, x_forwarded=False, resources=frozenset({"health"}))
+    health = listener(
+        index=2, port=8080, x_forwarded=False, resources=frozenset({"health"})
+    )
     snapshot = make_snapshot(listeners=(PROXIED_LISTENER, metrics, replication, health))
     assert statuses("config.x_forwarded", snapshot) == [Status.OK]
 
@@ -287,14 +311,18 @@ def test_metrics_and_replication_ports_do_not_warn() -> None:
 def test_admin_only_port_next_to_the_proxied_one_does_not_warn() -> None:
     # The admin set up one proxied listener; the other local client port is for
     # admin tooling and no proxy fronts it.
-    admin = listener(index=1, port=8009, x_forwarded=False, resources=frozenset({"client"}))
+    admin = listener(
+        index=1, port=8009, x_forwarded=False, resources=frozenset({"client"})
+    )
     snapshot = make_snapshot(listeners=(PROXIED_LISTENER, admin))
     assert statuses("config.x_forwarded", snapshot) == [Status.OK]
 
 
 def test_public_listener_known_judges_only_that_listener_definitely() -> None:
     proxied = listener(index=0, x_forwarded=False)
-    admin = listener(index=1, port=8009, x_forwarded=False, resources=frozenset({"client"}))
+    admin = listener(
+        index=1, port=8009, x_forwarded=False, resources=frozenset({"client"})
+    )
     snapshot = make_snapshot(listeners=(proxied, admin))
     [result] = results_for("config.x_forwarded", snapshot, public_listener_index=0)
     assert result.status is Status.WARN
@@ -304,7 +332,9 @@ def test_public_listener_known_judges_only_that_listener_definitely() -> None:
 
 
 def test_public_listener_known_and_configured_is_ok() -> None:
-    admin = listener(index=1, port=8009, x_forwarded=False, resources=frozenset({"client"}))
+    admin = listener(
+        index=1, port=8009, x_forwarded=False, resources=frozenset({"client"})
+    )
     snapshot = make_snapshot(listeners=(PROXIED_LISTENER, admin))
     [result] = results_for("config.x_forwarded", snapshot, public_listener_index=0)
     assert result.status is Status.OK
@@ -312,9 +342,13 @@ def test_public_listener_known_and_configured_is_ok() -> None:
 
 
 def test_public_listener_known_to_be_direct_tls_is_ok() -> None:
-    direct = listener(tls=True, port=8448, bind_addresses=("0.0.0.0",), x_forwarded=False)
+    direct = listener(
+        tls=True, port=8448, bind_addresses=("0.0.0.0",), x_forwarded=False
+    )
     snapshot = make_snapshot(listeners=(direct,))
-    assert statuses("config.x_forwarded", snapshot, public_listener_index=0) == [Status.OK]
+    assert statuses("config.x_forwarded", snapshot, public_listener_index=0) == [
+        Status.OK
+    ]
 
 
 @pytest.mark.parametrize("bind", ["0.0.0.0", "::", "93.184.215.14", "2606:4700::1111"])
@@ -334,7 +368,9 @@ def test_x_forwarded_on_public_listener_warns_even_when_it_is_the_public_one() -
 
 def test_one_result_per_listener_problem() -> None:
     a = listener(index=0, x_forwarded=False)
-    b = listener(index=1, port=8009, x_forwarded=False, unix_path="/run/s", bind_addresses=())
+    b = listener(
+        index=1, port=8009, x_forwarded=False, unix_path="/run/s", bind_addresses=()
+    )
     results = results_for("config.x_forwarded", make_snapshot(listeners=(a, b)))
     assert [r.details["listener"] for r in results] == [a.label, b.label]
 
@@ -347,7 +383,9 @@ def test_well_known_off_is_ok() -> None:
 
 
 def test_well_known_on_with_client_listener_is_ok() -> None:
-    [result] = results_for("config.well_known", make_snapshot(serve_server_wellknown=True))
+    [result] = results_for(
+        "config.well_known", make_snapshot(serve_server_wellknown=True)
+    )
     assert result.status is Status.OK
     assert result.details["advertises"] == "example.com:443"
 
@@ -369,8 +407,12 @@ def test_well_known_without_federation_listener_warns() -> None:
     assert "no listener serves federation" in result.summary
 
 
-def test_well_known_pointing_at_443_while_synapse_terminates_tls_on_8448_warns() -> None:
-    direct = listener(tls=True, port=8448, bind_addresses=("0.0.0.0",), x_forwarded=False)
+def test_well_known_pointing_at_443_while_synapse_terminates_tls_on_8448_warns() -> (
+    None
+):
+    direct = listener(
+        tls=True, port=8448, bind_addresses=("0.0.0.0",), x_forwarded=False
+    )
     snapshot = make_snapshot(serve_server_wellknown=True, listeners=(direct,))
     [result] = results_for("config.well_known", snapshot)
     assert result.status is Status.WARN
@@ -378,7 +420,9 @@ def test_well_known_pointing_at_443_while_synapse_terminates_tls_on_8448_warns()
 
 
 def test_well_known_with_direct_tls_on_443_is_ok() -> None:
-    direct = listener(tls=True, port=443, bind_addresses=("0.0.0.0",), x_forwarded=False)
+    direct = listener(
+        tls=True, port=443, bind_addresses=("0.0.0.0",), x_forwarded=False
+    )
     snapshot = make_snapshot(serve_server_wellknown=True, listeners=(direct,))
     assert statuses("config.well_known", snapshot) == [Status.OK]
 
@@ -407,7 +451,8 @@ def test_public_baseurl_unset_warns() -> None:
 
 def test_public_baseurl_http_warns() -> None:
     [result] = results_for(
-        "config.public_baseurl", make_snapshot(public_baseurl="http://matrix.example.com")
+        "config.public_baseurl",
+        make_snapshot(public_baseurl="http://matrix.example.com"),
     )
     assert result.status is Status.WARN
     assert "https://matrix.example.com/" in (result.fix or "")
@@ -435,7 +480,9 @@ def test_public_baseurl_http_localhost_gives_two_results() -> None:
 
 
 def test_public_baseurl_private_host_is_fine_for_a_private_server() -> None:
-    snapshot = make_snapshot(server_name="hs.internal", public_baseurl="https://hs.internal/")
+    snapshot = make_snapshot(
+        server_name="hs.internal", public_baseurl="https://hs.internal/"
+    )
     assert statuses("config.public_baseurl", snapshot) == [Status.OK]
 
 
@@ -482,7 +529,8 @@ def test_send_federation_off_without_senders_warns() -> None:
 
 def test_outbound_restricted_to_nobody_warns_and_to_workers_is_ok() -> None:
     assert statuses(
-        "config.federation_restrictions", make_snapshot(outbound_federation_restricted_to=())
+        "config.federation_restrictions",
+        make_snapshot(outbound_federation_restricted_to=()),
     ) == [Status.WARN]
     [result] = results_for(
         "config.federation_restrictions",
@@ -538,7 +586,8 @@ def test_signing_key_ok() -> None:
 
 def test_signing_key_missing_fails() -> None:
     snapshot = make_snapshot(
-        signing_keys=(), signing_key_error="cannot read /data/x.signing.key: No such file"
+        signing_keys=(),
+        signing_key_error="cannot read /data/x.signing.key: No such file",
     )
     [result] = results_for("config.signing_key", snapshot)
     assert result.status is Status.FAIL
@@ -547,7 +596,9 @@ def test_signing_key_missing_fails() -> None:
 
 
 def test_signing_key_file_without_keys_fails() -> None:
-    assert statuses("config.signing_key", make_snapshot(signing_keys=())) == [Status.FAIL]
+    assert statuses("config.signing_key", make_snapshot(signing_keys=())) == [
+        Status.FAIL
+    ]
 
 
 @pytest.mark.parametrize(

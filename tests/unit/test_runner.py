@@ -165,3 +165,20 @@ class ReportCacheTests(SynchronousTestCase):
         self.failureResultOf(w2, RuntimeError)
         # A failed run does not poison the cache: the old report stays.
         self.assertEqual(self.cache.last_report, seen[0])
+
+
+class FamiliesFactoryTests(SynchronousTestCase):
+    def test_failing_family_factory_is_contained(self) -> None:
+        def broken() -> list[CheckFamily]:
+            raise ImportError("no engine")
+
+        runner = CheckRunner(
+            reactor=MemoryReactorClock(),
+            server_name="x",
+            timeout_s=1,
+            static_checks=lambda: [ok("config.x", "fine")],
+            families=broken,
+        )
+        report = self.successResultOf(defer.ensureDeferred(runner.run()))
+        self.assertEqual([c.id for c in report.checks], ["config.x", "network"])
+        self.assertEqual(report.checks[1].details["reason"], "error")
