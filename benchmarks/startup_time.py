@@ -48,22 +48,32 @@ def _config(port: int, dns: NxDomainDnsServer | None) -> dict[str, Any]:
         config["modules"] = [
             {
                 "module": "synapse_fedhealth.FedHealthModule",
-                "config": {"startup_delay": "5s", "timeout": "3s", "dns_servers": [dns.address]},
+                "config": {
+                    "startup_delay": "5s",
+                    "timeout": "3s",
+                    "dns_servers": [dns.address],
+                },
             }
         ]
     return config
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0] if __doc__ else None
+    )
     parser.add_argument("-n", type=int, default=3, help="timed starts per variant")
     args = parser.parse_args(argv)
 
     samples: dict[str, list[float]] = {"without the module": [], "with the module": []}
     with NxDomainDnsServer() as dns, tempfile.TemporaryDirectory() as tmp:
         variants = {
-            "without the module": SynapseProcess(Path(tmp, "plain"), _config(free_port(), None)),
-            "with the module": SynapseProcess(Path(tmp, "module"), _config(free_port(), dns)),
+            "without the module": SynapseProcess(
+                Path(tmp, "plain"), _config(free_port(), None)
+            ),
+            "with the module": SynapseProcess(
+                Path(tmp, "module"), _config(free_port(), dns)
+            ),
         }
         for process in variants.values():  # warm-up: keys and database schema
             process.start()

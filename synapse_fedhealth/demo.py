@@ -41,6 +41,7 @@ KILL_TIMEOUT_S = 5.0
 GENERATE_KEYS_TIMEOUT_S = 60.0
 FAILED_START_TIMEOUT_S = 60.0  # a start-up that should fail must end within this
 POLL_INTERVAL_S = 0.1
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 HTTP_TIMEOUT_S = 30.0
 
 HOMESERVER_CONFIG_NAME = "homeserver.yaml"
@@ -121,6 +122,20 @@ def _loopback_http_url(config: Mapping[str, Any]) -> str | None:
             if bind in ("::1", "::"):
                 return f"http://[::1]:{int(listener['port'])}"
     return None
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: on Linux, get SIGTERM when the thread that
+    started us exits, so a killed test run or demo leaves no Synapse behind."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -312,6 +327,7 @@ class SynapseProcess:
                 stdout=out,
                 stderr=err,
                 start_new_session=True,  # a Ctrl-C reaches us; we stop it in order
+                preexec_fn=_die_with_parent,
             )
         self.process = process
         _LIVE.add(self)

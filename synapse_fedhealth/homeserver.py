@@ -10,6 +10,7 @@ Synapse.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -140,8 +141,9 @@ def _listeners_from_raw(raw_listeners: object) -> tuple[ListenerInfo, ...]:
 
     if not isinstance(raw_listeners, list):
         return ()
+    # Deep copies: Synapse's parser appends to the lists it is given.
     return tuple(
-        listener_from_synapse(i, parse_listener_def(i, dict(raw)))
+        listener_from_synapse(i, parse_listener_def(i, copy.deepcopy(raw)))
         for i, raw in enumerate(raw_listeners)
     )
 
@@ -314,11 +316,21 @@ def snapshot_from_raw(
             )
 
     whitelist = raw.get("federation_domain_whitelist")
+    # As Synapse's _worker_names_performing_this_duty: the main process sends
+    # unless `send_federation: false` or a sender list says otherwise.
     senders = _str_list(raw.get("federation_sender_instances"))
-    send_federation = raw.get("send_federation", True) is not False or bool(senders)
+    if senders is None:
+        if worker_app == "synapse.app.federation_sender":
+            senders = (str(raw.get("worker_name")),)
+        else:
+            senders = (MAIN_PROCESS,) if raw.get("send_federation", True) else ()
+    send_federation = bool(senders)
+    public_baseurl = raw.get("public_baseurl")
+    if isinstance(public_baseurl, str) and not public_baseurl.endswith("/"):
+        public_baseurl += "/"  # Synapse adds it too
     return HomeserverSnapshot(
         server_name=server_name,
-        public_baseurl=raw.get("public_baseurl"),
+        public_baseurl=public_baseurl,
         listeners=listeners,
         worker_name=raw.get("worker_name") if is_worker else None,
         workers_configured=is_worker or bool(raw.get("instance_map")),

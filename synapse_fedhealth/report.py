@@ -76,8 +76,16 @@ class CheckResult:
 
     @property
     def key(self) -> tuple[str, str | None]:
-        """Identity of this result across runs (used for transition logging)."""
-        return (self.id, self.target)
+        """Identity of this result across runs (used for transition logging):
+        the check and what it looked at (an address, a listener, a file)."""
+        subject = self.target
+        if subject is None:
+            for detail in ("listener", "file", "host"):
+                value = self.details.get(detail)
+                if isinstance(value, str):
+                    subject = value
+                    break
+        return (self.id, subject)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -192,36 +192,41 @@ _PEM_CERT_RE = re.compile(
 )
 
 
-def _load_trust_store(ca_file: str | None) -> tuple[str | None, list[x509.Certificate]]:
-    """The CA bundle to judge the chain with: `tls_ca_file`, else the system's.
+def _load_trust_store(
+    ca_files: Sequence[str],
+) -> tuple[str | None, list[x509.Certificate]]:
+    """The CA bundle(s) to judge the chain with; the system's when none is given.
 
     Certificates are loaded one by one: system bundles hold a few roots that
     newer cryptography releases refuse (e.g. negative serial numbers), and one
     of those must not hide the others.
     """
-    path = ca_file or ssl.get_default_verify_paths().cafile
-    if path is None:
-        return None, []
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError:
-        return None, []
+    if not ca_files:
+        system = ssl.get_default_verify_paths().cafile
+        ca_files = [system] if system else []
     roots = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for match in _PEM_CERT_RE.finditer(data):
-            try:
-                roots.append(x509.load_pem_x509_certificate(match.group(0)))
-            except ValueError:
-                continue
-    return path, roots
+    read = []
+    for path in ca_files:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        read.append(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for match in _PEM_CERT_RE.finditer(data):
+                try:
+                    roots.append(x509.load_pem_x509_certificate(match.group(0)))
+                except ValueError:
+                    continue
+    return (", ".join(read) or None), roots
 
 
 def _trust_problems(
-    chain: Sequence[x509.Certificate], complete: bool, ca_file: str | None
+    chain: Sequence[x509.Certificate], complete: bool, ca_files: Sequence[str]
 ) -> tuple[str | None, list[CertProblem]]:
-    store_path, roots = _load_trust_store(ca_file)
+    store_path, roots = _load_trust_store(ca_files)
     anchored = any(_issued_by(cert, root) for cert in chain for root in roots)
     leaf = chain[0]
     if anchored and complete:
@@ -298,9 +303,10 @@ def analyse_certificate_files(
     expected_host: str,
     now: float,
     warning_days: int,
-    ca_file: str | None,
+    ca_files: Sequence[str],
 ) -> CertAnalysis:
-    """All problems of a certificate chain file and its key, as peers would see them."""
+    """All problems of a certificate chain file and its key, as peers would see
+    them. `ca_files` are the CA bundles peers trust; empty: the system's."""
     certs, load_problem = _load_certs(cert_path)
     if load_problem is not None or not certs:
         return CertAnalysis(
@@ -313,7 +319,7 @@ def analyse_certificate_files(
         problems.append(key_problem)
     problems.extend(_validity_problems(certs, now, warning_days))
     chain, complete = _linked_chain(certs)
-    store_path, trust = _trust_problems(chain, complete, ca_file)
+    store_path, trust = _trust_problems(chain, complete, ca_files)
     problems.extend(trust)
     names = certificate_names(leaf)
     if not covers_host(names, expected_host):

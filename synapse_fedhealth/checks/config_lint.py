@@ -230,8 +230,9 @@ def check_federation_restrictions(snapshot: HomeserverSnapshot) -> list[CheckRes
         results.append(
             warn(
                 FEDERATION_RESTRICTIONS,
-                "no process sends outgoing federation: send_federation is false and "
-                "federation_sender_instances names no worker",
+                "send_federation is false and federation_sender_instances names no "
+                "worker: outgoing federation stops unless a legacy "
+                "synapse.app.federation_sender worker runs",
                 fix="Remove `send_federation: false` from homeserver.yaml, or list "
                 "your federation sender workers in `federation_sender_instances`.",
                 details={

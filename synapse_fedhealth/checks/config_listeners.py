@@ -299,6 +299,9 @@ def check_tls_listener(
     warning_days: int,
     ca_file: str | None,
 ) -> list[CheckResult]:
+    """`ca_file` is the module's tls_ca_file; without it, peers are assumed to
+    trust what this server trusts: federation_custom_ca_list, else the system
+    store (SPEC 2.1)."""
     tls_listeners = [x for x in snapshot.listeners if x.tls]
     if not tls_listeners:
         return [
@@ -327,7 +330,7 @@ def check_tls_listener(
         expected_host=host,
         now=now,
         warning_days=warning_days,
-        ca_file=ca_file,
+        ca_files=_trust_files(snapshot, ca_file),
     )
     base_details = {
         "listeners": [x.label for x in tls_listeners],
@@ -365,6 +368,12 @@ def check_tls_listener(
             details=base_details,
         )
     ]
+
+
+def _trust_files(snapshot: HomeserverSnapshot, ca_file: str | None) -> tuple[str, ...]:
+    if ca_file is not None:
+        return (ca_file,)
+    return snapshot.federation_custom_ca_list or ()
 
 
 _FULLCHAIN_FIX = (

@@ -336,9 +336,13 @@ def check_well_known(
             details=details,
         )
     if outcome.kind == WK_TIMEOUT:
+        dns_timeout = (
+            outcome.http is not None and "lookup" in outcome.http.error_message
+        )
         return fail(
             WELL_KNOWN,
-            f"fetching https://{name}/.well-known/matrix/server timed out",
+            f"fetching https://{name}/.well-known/matrix/server timed out"
+            + (f" ({outcome.http.error_message})" if dns_timeout else ""),
             fix=f"Make port 443 on {name} answer (firewall, proxy up), or stop publishing A/AAAA records for {name} "
             "that point at a host that does not answer.",
             details=details,

@@ -29,16 +29,14 @@ from twisted.internet.endpoints import (
     wrapClientTLS,
 )
 from twisted.internet.interfaces import (
-    IProtocol,
-    IProtocolFactory,
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.python.failure import Failure
 from twisted.web.client import URI, Agent, HTTPConnectionPool, ResponseFailed
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IAgentEndpointFactory, IResponse
-from zope.interface import implementer
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer  # type: ignore[import-untyped,unused-ignore]
 
 from synapse_fedhealth.net.addresses import (
     AddressClass,
@@ -162,7 +160,7 @@ class _BoundedBodyCollector(TwistedProtocol):
         self._chunks: list[bytes] = []
         self._size = 0
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+    def dataReceived(self, data: bytes) -> None:
         if self._done.called:
             return
         self._size += len(data)
@@ -174,7 +172,7 @@ class _BoundedBodyCollector(TwistedProtocol):
             return
         self._chunks.append(data)
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]  # noqa: N802
+    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
         if self._done.called:
             return
         # ResponseDone and PotentialDataLoss (no length, connection closed) both
@@ -188,14 +186,14 @@ class _BoundedBodyCollector(TwistedProtocol):
             self._done.errback(reason)
 
 
-def read_body(response: IResponse, max_bytes: int) -> defer.Deferred[bytes]:
+def read_body(response: Any, max_bytes: int) -> defer.Deferred[bytes]:
     """Read at most `max_bytes`; cancelling the Deferred drops the connection."""
     collector: _BoundedBodyCollector
 
     def _cancel(d: defer.Deferred[bytes]) -> None:
         transport = collector.transport
         if transport is not None:
-            transport.stopProducing()  # type: ignore[attr-defined]
+            transport.stopProducing()
 
     done: defer.Deferred[bytes] = defer.Deferred(_cancel)
     collector = _BoundedBodyCollector(done, max_bytes)
@@ -219,16 +217,17 @@ class _FirstReachableEndpoint:
         self._creator = creator
         self._on_connect = on_connect
 
-    def connect(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IProtocol]:  # noqa: N803
+    def connect(self, protocolFactory: Any) -> defer.Deferred[Any]:
         return defer.Deferred.fromCoroutine(self._connect(protocolFactory))
 
-    async def _connect(self, factory: IProtocolFactory) -> IProtocol:
+    async def _connect(self, factory: Any) -> Any:
         first_error: BaseException | None = None
         for ip, port in self._addresses:
             cls = TCP6ClientEndpoint if ":" in ip else TCP4ClientEndpoint
-            endpoint = wrapClientTLS(self._creator, cls(self._reactor, ip, port))
+            tcp: Any = cls(self._reactor, ip, port)
+            endpoint: Any = wrapClientTLS(self._creator, tcp)
             try:
-                proto: IProtocol = await endpoint.connect(factory)
+                proto = await endpoint.connect(factory)
             except defer.CancelledError:
                 raise
             except Exception as e:
@@ -241,10 +240,10 @@ class _FirstReachableEndpoint:
 
 @implementer(IAgentEndpointFactory)
 class _FixedEndpointFactory:
-    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+    def __init__(self, endpoint: Any) -> None:
         self._endpoint = endpoint
 
-    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:  # noqa: N802
+    def endpointForURI(self, uri: URI) -> Any:
         return self._endpoint
 
 
@@ -262,7 +261,8 @@ class _FetchState:
     recorder: PeerChainRecorder | None = None
 
 
-AgentFactory = Callable[[IStreamClientEndpoint | None], IAgent]
+# Given the endpoint a request would use, returns an IAgent.
+AgentFactory = Callable[[Any], Any]
 
 
 class ProbeHttpClient:
@@ -321,7 +321,7 @@ class ProbeHttpClient:
         fetching.addTimeout(max(0.0, timeout), self._reactor)
 
         def _on_error(f: Failure) -> HttpResult:
-            kind, message, reason = classify_failure(f.value)
+            kind, message, reason = classify_failure(f.value or Exception("unknown"))
             if kind == ERR_TIMEOUT:
                 message = f"timed out after {timeout:.1f}s"
             return _finish(
@@ -377,7 +377,7 @@ class ProbeHttpClient:
             endpoint = _FirstReachableEndpoint(
                 self._reactor, addresses, creator, _connected
             )
-            agent = self._make_agent(endpoint)
+            agent: Any = self._make_agent(endpoint)
             headers = Headers(
                 {b"User-Agent": [self._user_agent.encode("latin-1", "replace")]}
             )
@@ -387,9 +387,7 @@ class ProbeHttpClient:
                 request_uri = url.encode("ascii")
             except UnicodeEncodeError:
                 raise _Refused(ERR_BAD_REDIRECT, f"not an ASCII URL: {url!r}") from None
-            response: IResponse = await agent.request(
-                b"GET", request_uri, headers, None
-            )
+            response: Any = await agent.request(b"GET", request_uri, headers, None)
             status = int(response.code)
             location = _last_header(response.headers, b"location")
             if follow_redirects and status in REDIRECT_CODES:
@@ -433,7 +431,7 @@ class ProbeHttpClient:
                 body=body,
             )
 
-    def _make_agent(self, endpoint: IStreamClientEndpoint) -> IAgent:
+    def _make_agent(self, endpoint: Any) -> Any:
         if self._agent_factory is not None:
             return self._agent_factory(endpoint)
         pool = HTTPConnectionPool(self._reactor, persistent=False)
@@ -483,10 +481,10 @@ class _Refused(Exception):
 
 
 class _Discard(TwistedProtocol):
-    def connectionMade(self) -> None:  # noqa: N802
+    def connectionMade(self) -> None:
         self.transport.stopProducing()  # type: ignore[union-attr]
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]  # noqa: N802
+    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
         pass
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
+import ssl
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -15,7 +17,7 @@ from typing import Any, Protocol
 import attr
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import ExtensionOID, NameOID
+from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 from twisted.internet import defer, error
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
@@ -23,10 +25,11 @@ from twisted.internet.interfaces import (
     IHandshakeListener,
     IOpenSSLClientConnectionCreator,
 )
-from twisted.internet.protocol import Factory, Protocol as TwistedProtocol
+from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import implementer  # type: ignore[import-untyped,unused-ignore]
 
 # `details.reason` values of tls.certificate (SPEC 4.3): keep these exact.
 REASON_EXPIRED = "expired"
@@ -71,7 +74,14 @@ class TrustStore:
         self.ca_files = tuple(ca_files)
         self._store = crypto.X509Store()
         if not self.ca_files:
-            self._store.set_default_paths()
+            # OpenSSL's default locations: the system store on Debian & co.
+            paths = ssl.get_default_verify_paths()
+            cafile = paths.cafile or paths.openssl_cafile
+            capath = paths.capath or paths.openssl_capath
+            self._store.load_locations(
+                cafile if cafile and os.path.isfile(cafile) else None,
+                capath if capath and os.path.isdir(capath) else None,
+            )
             self.description = "the system trust store"
             return
         for path in self.ca_files:
@@ -215,9 +225,7 @@ def _classify_openssl_error(
 
 def _san_names(cert: x509.Certificate) -> tuple[str, ...]:
     try:
-        san = cert.extensions.get_extension_for_oid(
-            ExtensionOID.SUBJECT_ALTERNATIVE_NAME
-        ).value
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except (x509.ExtensionNotFound, ValueError):
         return ()
     names: list[str] = [str(n).lower() for n in san.get_values_for_type(x509.DNSName)]
@@ -230,9 +238,7 @@ def name_matches(name: str, cert: x509.Certificate) -> bool:
     service_identity, which Twisted and so Synapse use)."""
     name = name.lower().rstrip(".")
     try:
-        san = cert.extensions.get_extension_for_oid(
-            ExtensionOID.SUBJECT_ALTERNATIVE_NAME
-        ).value
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except (x509.ExtensionNotFound, ValueError):
         return False
     try:
@@ -330,7 +336,8 @@ def _make_context() -> SSL.Context:
 
 
 def _record(conn: SSL.Connection, recorder: PeerChainRecorder) -> None:
-    chain = conn.get_peer_cert_chain(as_cryptography=True) or []
+    # (as_cryptography=True is newer than the type stubs.)
+    chain: list[x509.Certificate] = conn.get_peer_cert_chain(as_cryptography=True) or []  # type: ignore[call-arg,assignment,unused-ignore]
     recorder.chain = tuple(chain[:MAX_CHAIN_LENGTH])
     recorder.protocol = conn.get_protocol_version_name()
     recorder.cipher = conn.get_cipher_name()
@@ -359,7 +366,7 @@ class RecordingConnectionCreator:
         self._ctx = _make_context()
         self._ctx.set_info_callback(self._info_callback)
 
-    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:  # noqa: N802, N803 (Twisted's names)
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         conn = SSL.Connection(self._ctx, None)
         conn.set_app_data(tlsProtocol)
         if self._sni is not None:
@@ -446,15 +453,16 @@ class _HandshakeWatcher(TwistedProtocol):
     def __init__(self, done: defer.Deferred[None]) -> None:
         self._done = done
 
-    def handshakeCompleted(self) -> None:  # noqa: N802 (Twisted's name)
+    def handshakeCompleted(self) -> None:
         if not self._done.called:
             self._done.callback(None)
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        transport: Any = self.transport
+        transport.loseConnection()
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+    def dataReceived(self, data: bytes) -> None:
         pass
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]  # noqa: N802
+    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
         if not self._done.called:
             self._done.errback(reason)
 
@@ -476,12 +484,12 @@ class TwistedTlsProber:
         deadline = self._reactor.seconds() + timeout
         recorder = PeerChainRecorder()
         done: defer.Deferred[None] = defer.Deferred()
-        creator = RecordingConnectionCreator(sni, recorder)
-        factory = TLSMemoryBIOFactory(
-            creator, True, Factory.forProtocol(lambda: _HandshakeWatcher(done))
-        )
+        # (Typed as Any: mypy can't see zope's @implementer.)
+        creator: Any = RecordingConnectionCreator(sni, recorder)
+        watcher_factory: Any = Factory.forProtocol(lambda: _HandshakeWatcher(done))
+        factory: Any = TLSMemoryBIOFactory(creator, True, watcher_factory)
         endpoint_cls = TCP6ClientEndpoint if ":" in ip else TCP4ClientEndpoint
-        endpoint = endpoint_cls(
+        endpoint: Any = endpoint_cls(
             self._reactor, ip, port, timeout=max(1, int(timeout + 0.999))
         )
         base = TlsProbeResult(ip=ip, port=port, sni=sni, connect=ConnectOutcome.OK)

@@ -81,7 +81,9 @@ def homeserver_config(
     return config
 
 
-def client_listener(port: int, names: tuple[str, ...] = ("client", "federation")) -> dict[str, Any]:
+def client_listener(
+    port: int, names: tuple[str, ...] = ("client", "federation")
+) -> dict[str, Any]:
     return {
         "port": port,
         "type": "http",
@@ -160,8 +162,12 @@ def synapse(
         tls_private_key_path=str(key_path),
     )
     with SynapseProcess(directory, config) as process:
-        admin = register_user(process.base_url, SHARED_SECRET, "admin", "admin-password", True)
-        user = register_user(process.base_url, SHARED_SECRET, "user", "user-password", False)
+        admin = register_user(
+            process.base_url, SHARED_SECRET, "admin", "admin-password", True
+        )
+        user = register_user(
+            process.base_url, SHARED_SECRET, "user", "user-password", False
+        )
         yield RunningSynapse(
             process=process,
             client_url=process.base_url,

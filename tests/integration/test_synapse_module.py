@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import signedjson.key
 import yaml
 
 from synapse_fedhealth.demo import (
@@ -38,7 +39,9 @@ STATUSES = {"ok", "warn", "fail", "skip"}
 LINT_TIMEOUT_S = 60
 
 
-def _get(synapse: RunningSynapse, base: str, query: str = "", token: str | None = None) -> HttpResponse:
+def _get(
+    synapse: RunningSynapse, base: str, query: str = "", token: str | None = None
+) -> HttpResponse:
     ca_file = synapse.ca_file if base.startswith("https:") else None
     return http_request(f"{base}{ENDPOINT}{query}", token=token, cafile=ca_file)
 
@@ -53,7 +56,9 @@ LISTENERS = ["client", "federation-tls"]
 
 
 @pytest.mark.parametrize("listener", LISTENERS)
-def test_without_token_is_401_missing_token(synapse: RunningSynapse, listener: str) -> None:
+def test_without_token_is_401_missing_token(
+    synapse: RunningSynapse, listener: str
+) -> None:
     response = _get(synapse, _listener_urls(synapse)[listener])
     assert response.status == 401
     assert response.json()["errcode"] == "M_MISSING_TOKEN"
@@ -61,21 +66,27 @@ def test_without_token_is_401_missing_token(synapse: RunningSynapse, listener: s
 
 @pytest.mark.parametrize("listener", LISTENERS)
 def test_bad_token_is_401_unknown_token(synapse: RunningSynapse, listener: str) -> None:
-    response = _get(synapse, _listener_urls(synapse)[listener], token="syt_not_a_real_token")
+    response = _get(
+        synapse, _listener_urls(synapse)[listener], token="syt_not_a_real_token"
+    )
     assert response.status == 401
     assert response.json()["errcode"] == "M_UNKNOWN_TOKEN"
 
 
 @pytest.mark.parametrize("listener", LISTENERS)
 def test_non_admin_is_403_forbidden(synapse: RunningSynapse, listener: str) -> None:
-    response = _get(synapse, _listener_urls(synapse)[listener], token=synapse.user_token)
+    response = _get(
+        synapse, _listener_urls(synapse)[listener], token=synapse.user_token
+    )
     assert response.status == 403
     assert response.json()["errcode"] == "M_FORBIDDEN"
 
 
 @pytest.mark.parametrize("listener", LISTENERS)
 def test_admin_gets_the_report(synapse: RunningSynapse, listener: str) -> None:
-    response = _get(synapse, _listener_urls(synapse)[listener], token=synapse.admin_token)
+    response = _get(
+        synapse, _listener_urls(synapse)[listener], token=synapse.admin_token
+    )
     assert response.status == 200, response.text
     assert response.headers["Content-Type"].startswith("application/json")
     assert response.json()["server_name"] == SERVER_NAME
@@ -124,13 +135,21 @@ def test_verdict_follows_the_statuses(synapse: RunningSynapse) -> None:
     report = _report(synapse)
     statuses = {check["status"] for check in report["checks"]}
     if report["verdict"] != "disabled":
-        expected = "broken" if "fail" in statuses else "degraded" if "warn" in statuses else "ok"
+        expected = (
+            "broken"
+            if "fail" in statuses
+            else "degraded"
+            if "warn" in statuses
+            else "ok"
+        )
         assert report["verdict"] == expected
 
 
 def test_format_text(synapse: RunningSynapse) -> None:
     report = _report(synapse)
-    response = _get(synapse, synapse.client_url, "?format=text", token=synapse.admin_token)
+    response = _get(
+        synapse, synapse.client_url, "?format=text", token=synapse.admin_token
+    )
     assert response.status == 200
     assert response.headers["Content-Type"].startswith("text/plain")
     for check in report["checks"]:
@@ -148,7 +167,9 @@ def test_refresh_makes_a_new_report(synapse: RunningSynapse) -> None:
 
 
 def test_bad_format_is_a_client_error(synapse: RunningSynapse) -> None:
-    response = _get(synapse, synapse.client_url, "?format=xml", token=synapse.admin_token)
+    response = _get(
+        synapse, synapse.client_url, "?format=xml", token=synapse.admin_token
+    )
     assert response.status == 400
 
 
@@ -163,7 +184,11 @@ def test_startup_check_logs_a_summary(synapse: RunningSynapse) -> None:
 
 
 def test_startup_warns_about_x_forwarded(synapse: RunningSynapse) -> None:
-    lines = [w for w in synapse.process.fedhealth_warnings() if w.startswith("config.x_forwarded:")]
+    lines = [
+        w
+        for w in synapse.process.fedhealth_warnings()
+        if w.startswith("config.x_forwarded:")
+    ]
     assert lines, synapse.process.fedhealth_warnings()
     assert all(" Fix: " in line for line in lines)
 
@@ -185,7 +210,9 @@ def test_startup_summary_of_the_broken_config(broken_synapse: SynapseProcess) ->
     assert match.group("summary").startswith("federation BROKEN")
 
 
-def test_config_warnings_come_before_any_network_run(broken_synapse: SynapseProcess) -> None:
+def test_config_warnings_come_before_any_network_run(
+    broken_synapse: SynapseProcess,
+) -> None:
     log = broken_synapse.log_text()
     warning = log.find("config.federation_listener:")
     summary = SUMMARY_RE.search(log)
@@ -243,8 +270,17 @@ def _write_config(path: Path, config: dict[str, Any]) -> str:
     return str(path)
 
 
-def test_lint_exit_0_when_nothing_fails(tmp_path: Path, dns_stub: NxDomainDnsServer) -> None:
-    config = homeserver_config([client_listener(8008)], module_config(dns_stub))
+def test_lint_exit_0_when_nothing_fails(
+    tmp_path: Path, dns_stub: NxDomainDnsServer
+) -> None:
+    key = signedjson.key.generate_signing_key("a_lint")
+    with open(tmp_path / "signing.key", "w", encoding="utf-8") as f:
+        signedjson.key.write_signing_keys(f, [key])
+    config = homeserver_config(
+        [client_listener(8008)],
+        module_config(dns_stub),
+        signing_key_path=str(tmp_path / "signing.key"),
+    )
     done = _lint("-c", _write_config(tmp_path / "homeserver.yaml", config))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "config.x_forwarded" in done.stdout  # a warning is printed, yet passes
@@ -253,7 +289,9 @@ def test_lint_exit_0_when_nothing_fails(tmp_path: Path, dns_stub: NxDomainDnsSer
 def test_lint_exit_1_without_a_federation_listener(
     tmp_path: Path, dns_stub: NxDomainDnsServer
 ) -> None:
-    config = homeserver_config([client_listener(8008, ("client",))], module_config(dns_stub))
+    config = homeserver_config(
+        [client_listener(8008, ("client",))], module_config(dns_stub)
+    )
     done = _lint("-c", _write_config(tmp_path / "homeserver.yaml", config))
     assert done.returncode == 1, done.stdout + done.stderr
     assert "config.federation_listener" in done.stdout

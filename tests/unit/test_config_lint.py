@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import attr
@@ -66,6 +67,7 @@ def statuses(
 
 
 def assert_well_formed(results: list[CheckResult]) -> None:
+    json.dumps([r.to_json() for r in results])  # details must be plain JSON
     for r in results:
         assert r.id in CONFIG_CHECK_IDS
         assert r.summary and "\n" not in r.summary
@@ -107,7 +109,7 @@ def test_every_id_appears_even_when_everything_is_wrong() -> None:
 def test_a_crashing_check_becomes_a_skip_not_an_exception() -> None:
     # A listener whose bind_addresses is not a tuple of strings trips the
     # listener checks; lint_config must still return every id.
-    broken = listener(bind_addresses=(None,))  # type: ignore[arg-type]
+    broken = listener(bind_addresses=(None,))
     results = lint(make_snapshot(listeners=(broken,)))
     assert {r.id for r in results} == set(CONFIG_CHECK_IDS)
     crashed = [

@@ -4,6 +4,7 @@ trustme (CA, intermediate, leaf) and cryptography (self-signed), no network."""
 from __future__ import annotations
 
 import datetime
+import json
 import ssl
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ class Files:
         *,
         server_name: str = "example.com",
         listeners: tuple[ListenerInfo, ...] = (TLS_LISTENER,),
+        federation_custom_ca_list: tuple[str, ...] | None = None,
         **settings: Any,
     ) -> list[CheckResult]:
         cert_file = write(self.tmp_path / "fullchain.pem", *cert_pems)
@@ -79,6 +81,7 @@ class Files:
             listeners=listeners,
             tls_certificate_file=cert_file,
             tls_private_key_file=key_file,
+            federation_custom_ca_list=federation_custom_ca_list,
             signing_keys=(SigningKeyInfo(key_id="ed25519:a", verify_key_base64="x"),),
         )
         settings.setdefault("tls_ca_file", self.ca_file)
@@ -137,6 +140,7 @@ def test_full_chain_from_trusted_ca_is_ok(
     assert result.details["names"] == ["example.com"]
     assert "example.com" in result.summary and "key matches" in result.summary
     assert result.details["listeners"] == [TLS_LISTENER.label]
+    json.dumps(result.to_json())
 
 
 def test_leaf_issued_directly_by_trusted_root_is_ok(
@@ -291,6 +295,35 @@ def test_without_tls_ca_file_the_system_store_judges(
     [result] = files.lint(chain(leaf), leaf.private_key_pem.bytes(), tls_ca_file=None)
     assert reasons([result]) == [(Status.FAIL, "untrusted_issuer")]
     assert result.details["trust_store"] == system_store
+
+
+def test_without_tls_ca_file_federation_custom_ca_list_judges(
+    files: Files, root: trustme.CA
+) -> None:
+    # SPEC 2.1: tls_ca_file defaults to Synapse's federation_custom_ca_list.
+    leaf = root.create_child_ca().issue_cert("example.com")
+    [result] = files.lint(
+        chain(leaf),
+        leaf.private_key_pem.bytes(),
+        tls_ca_file=None,
+        federation_custom_ca_list=("/nonexistent.pem", files.ca_file),
+    )
+    assert result.status is Status.OK
+    assert result.details["trust_store"] == files.ca_file
+
+
+def test_tls_ca_file_wins_over_federation_custom_ca_list(
+    files: Files, tmp_path: Path
+) -> None:
+    stranger = trustme.CA()
+    stranger_file = write(tmp_path / "stranger.pem", stranger.cert_pem.bytes())
+    leaf = stranger.create_child_ca().issue_cert("example.com")
+    [result] = files.lint(
+        chain(leaf),
+        leaf.private_key_pem.bytes(),
+        federation_custom_ca_list=(stranger_file,),
+    )
+    assert reasons([result]) == [(Status.FAIL, "untrusted_issuer")]
 
 
 # --- key -------------------------------------------------------------------------------

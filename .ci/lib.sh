@@ -1,0 +1,82 @@
+# Shared by .ci/test and .ci/demo: system packages and the project's .venv.
+# Sourced, not run. Works on a fresh Debian machine that has python3, as root
+# (or with sudo); re-runs are quick because nothing present is installed again.
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="${PYTHON:-python3}"
+VENV="$REPO/.venv"
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 DEBIAN_FRONTEND=noninteractive
+
+say() { printf '\n== %s\n' "$*"; }
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"
+    elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo -n "$@"
+    else return 1
+    fi
+}
+
+# apt_install PACKAGE...: install what is missing, without starting services.
+apt_install() {
+    [ "$#" -gt 0 ] || return 0
+    if ! command -v apt-get >/dev/null; then
+        echo "not a Debian system: install $* yourself" >&2
+        return 1
+    fi
+    say "apt-get install $*"
+    local made_policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        # Packages such as nginx would start a system service on install.
+        as_root sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d' \
+            && made_policy=1
+    fi
+    local rc=0
+    as_root apt-get update -qq && as_root apt-get install -y -qq --no-install-recommends "$@" || rc=$?
+    if [ -n "$made_policy" ]; then as_root rm -f /usr/sbin/policy-rc.d; fi
+    return "$rc"
+}
+
+python_can_make_venvs() {
+    "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1
+}
+
+# ensure_python_venv: make sure "$PYTHON" can create a venv with pip.
+ensure_python_venv() {
+    if ! command -v "$PYTHON" >/dev/null; then
+        apt_install python3 python3-venv || true
+    elif ! python_can_make_venvs; then
+        apt_install python3-venv || true
+    fi
+    command -v "$PYTHON" >/dev/null && python_can_make_venvs || {
+        echo "$PYTHON cannot create virtual environments (install python3-venv)" >&2
+        return 1
+    }
+}
+
+# ensure_test_tools: the programs the integration tests run.
+ensure_test_tools() {
+    local missing=()
+    command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+    command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
+    command -v nft >/dev/null || [ -x /usr/sbin/nft ] || missing+=(nftables)
+    command -v ip >/dev/null || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing+=(iproute2)
+    command -v openssl >/dev/null || missing+=(openssl)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        apt_install "${missing[@]}" || {
+            echo "could not install ${missing[*]}; tests that need them will fail or skip" >&2
+        }
+    fi
+}
+
+# ensure_venv: $REPO/.venv with the project and its extras ("test,lint" by default).
+ensure_venv() {
+    local extras="${1:-test,lint}"
+    ensure_python_venv
+    if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
+        say "creating $VENV"
+        rm -rf "$VENV"
+        "$PYTHON" -m venv "$VENV"
+    fi
+    say "pip install -e '.[$extras]'"
+    "$VENV/bin/python" -m pip install -q -e "$REPO[$extras]"
+}

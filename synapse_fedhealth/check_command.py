@@ -1,0 +1,181 @@
+"""`python -m synapse_fedhealth check SERVER_NAME`: the engine, from outside.
+
+Never imports Synapse (start-up must stay under a second). Checks that need
+the server's own config or key are reported as `skip`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from synapse_fedhealth._version import __version__
+
+EXIT_OK = 0
+EXIT_BROKEN = 1
+EXIT_USAGE = 2
+DEFAULT_TIMEOUT_S = 10.0
+MAX_TIMEOUT_S = 300.0
+DNS_THREADS = 10
+
+INSIDER_ONLY_REASON = "needs the server's own config/key: run inside Synapse"
+INSIDER_ONLY_IDS = (
+    "config",
+    "federation.key_matches_local",
+    "federation.signed_request",
+    "federation.notary",
+    "proxy.forwarded_headers",
+)
+OUTSIDER_NOTE = (
+    "Checked from outside with `python -m synapse_fedhealth check`: the verdict "
+    "covers only what an outsider can see (no config, no signing key)."
+)
+
+
+def add_check_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "check",
+        help="check any server's federation from outside",
+        description="Check a Matrix server's federation as a remote Synapse sees it.",
+    )
+    parser.add_argument("server_name", metavar="SERVER_NAME")
+    parser.add_argument("--json", action="store_true", help="print the JSON report")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="S",
+        help=f"wall-clock budget of the whole run in seconds (default {DEFAULT_TIMEOUT_S:g})",
+    )
+    parser.add_argument(
+        "--ca-file",
+        action="append",
+        default=[],
+        metavar="F",
+        help="CA bundle to judge certificates with (default: the system trust store)",
+    )
+    parser.add_argument(
+        "--dns-server",
+        action="append",
+        default=[],
+        metavar="IP",
+        help="DNS server to resolve with, IP or IP:PORT (default: /etc/resolv.conf)",
+    )
+    parser.set_defaults(func=main_check)
+
+
+def _usage_error(message: str) -> int:
+    print(f"python -m synapse_fedhealth check: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def main_check(argv_namespace: argparse.Namespace) -> int:
+    args = argv_namespace
+    from synapse_fedhealth.config import parse_dns_server
+
+    if not 0 < args.timeout <= MAX_TIMEOUT_S:
+        return _usage_error(
+            f"--timeout must be between 0 and {MAX_TIMEOUT_S:g} seconds"
+        )
+    for entry in args.dns_server:
+        try:
+            parse_dns_server(entry)
+        except ValueError as e:
+            return _usage_error(f"--dns-server: {e}")
+    for path in args.ca_file:
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as e:
+            return _usage_error(f"--ca-file: {e}")
+
+    from synapse_fedhealth.network import NetworkSettings
+
+    settings = NetworkSettings(
+        server_name=args.server_name,
+        timeout_s=args.timeout,
+        cert_expiry_warning_days=14,
+        ca_files=tuple(args.ca_file),
+        dns_servers=tuple(args.dns_server),
+        user_agent=f"synapse-fedhealth/{__version__}",
+    )
+    report = _run_in_reactor(settings)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2, sort_keys=False))
+    else:
+        print(_render_text(report))
+    return EXIT_OK if report.federation_ok else EXIT_BROKEN
+
+
+def _render_text(report: Any) -> str:
+    try:
+        from synapse_fedhealth.render import render_text
+    except ImportError:
+        return json.dumps(report.to_json(), indent=2)
+    text: str = render_text(report)
+    return text
+
+
+def _run_in_reactor(settings: Any) -> Any:
+    from twisted.internet import defer, task
+    from twisted.python.threadpool import ThreadPool
+
+    outcome: dict[str, Any] = {}
+
+    def _main(reactor: Any) -> defer.Deferred[None]:
+        pool = ThreadPool(minthreads=0, maxthreads=DNS_THREADS, name="fedhealth-dns")
+        pool.start()
+        reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
+
+        async def _go() -> None:
+            outcome["report"] = await build_outside_report(reactor, settings, pool)
+
+        return defer.ensureDeferred(_go())
+
+    try:
+        task.react(_main)
+    except SystemExit as e:
+        if "report" not in outcome:
+            raise RuntimeError(
+                f"the check stopped without a report (exit {e.code})"
+            ) from None
+    return outcome["report"]
+
+
+async def build_outside_report(
+    reactor: Any, settings: Any, threadpool: Any, **engine: Any
+) -> Any:
+    """Run the engine and build the outsider's `Report` (tested directly)."""
+    from synapse_fedhealth.network import NetworkChecker
+    from synapse_fedhealth.report import Report, skip
+
+    started = time.time()
+    findings = await NetworkChecker(reactor, settings, threadpool, **engine).run()
+    skipped = [
+        skip(check_id, f"skipped: {INSIDER_ONLY_REASON}")
+        for check_id in INSIDER_ONLY_IDS
+    ]
+    checks = list(findings.checks) + skipped
+    report = Report.build(
+        server_name=settings.server_name,
+        checks=checks,
+        federation_disabled=False,
+        generated_at=int(started * 1000),
+        duration_ms=int((time.time() - started) * 1000),
+        notes=[OUTSIDER_NOTE],
+        federation_tester=findings.federation_tester,
+    )
+    tester = dict(report.federation_tester)
+    tester["FederationOK"] = report.federation_ok
+    return Report.build(
+        server_name=report.server_name,
+        checks=report.checks,
+        federation_disabled=False,
+        generated_at=report.generated_at,
+        duration_ms=report.duration_ms,
+        notes=report.notes,
+        federation_tester=tester,
+    )

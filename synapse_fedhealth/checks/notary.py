@@ -1,0 +1,406 @@
+"""`federation.notary`: can the trusted key servers (notaries) fetch our key?
+
+A notary fetches `/_matrix/key/v2/server` from us over the real Internet, so
+its answer is the outside view this host cannot have. Synapse's notary
+(synapse/rest/key/v2/remote_key_resource.py `query_keys`, 1.163) answers from
+its cache when the cached copy is valid until at least the
+`minimum_valid_until_ts` we ask for, fetches from us otherwise, and answers
+200 with whatever it has (a stale copy, or nothing) when that fetch fails.
+
+So the minimum we ask decides what "fresh" proves. Synapse serves its key
+response with `valid_until_ts` between now + key_refresh_interval/2 and
+now + key_refresh_interval (local_key_resource.py: it refreshes once less
+than half the interval is left). Asking for now + key_refresh_interval/2
+(less a margin) means: a copy our server served within the last half
+interval passes, and an older one makes the notary fetch from us again. The
+notary is made to fetch at most once per half interval, not on every run.
+
+The answer is checked the way Synapse's `PerspectivesKeyFetcher` checks it
+(synapse/crypto/keyring.py:762-909): the notary's signature with the
+configured `verify_keys`, and our own self-signature over the key response.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attr
+from signedjson.key import decode_verify_key_bytes
+from signedjson.sign import verify_signed_json
+
+from synapse_fedhealth.checks.http_answer import (
+    Headers,
+    describe_answer,
+    int_field,
+    parse_json_object,
+    request_details,
+)
+from synapse_fedhealth.checks.keys_local import decode_key_bytes, served_key_map
+from synapse_fedhealth.homeserver import (
+    HomeserverSnapshot,
+    SigningKeyInfo,
+    TrustedKeyServerInfo,
+)
+from synapse_fedhealth.report import CheckResult, fail, ok, skip, warn
+
+NOTARY = "federation.notary"
+NOTARY_QUERY_PATH = "/_matrix/key/v2/query"
+
+MS_PER_MINUTE = 60 * 1000
+# Room for the time between our query and the notary's fetch, and for a
+# little clock skew between us and our own server (same host: small).
+FRESHNESS_MARGIN_MS = 5 * MS_PER_MINUTE
+MIN_FRESHNESS_MS = 5 * MS_PER_MINUTE
+ERROR_MESSAGE_CHARS = 300
+
+FIX_NOTARY_CANNOT_FETCH = (
+    "The notary {notary} could not fetch this server's current key from the "
+    "Internet, so remote servers most likely can't either. Check the "
+    "discovery, connection and TLS results: the usual causes are a firewall "
+    "or NAT that lets this host in but not the outside world, DNS that "
+    "resolves differently outside (split horizon), a private address, or a "
+    "certificate that only this host trusts."
+)
+FIX_NOTARY_OTHER_KEY = (
+    "The notary {notary} fetched a different key for {server_name} than this "
+    "Synapse holds: the outside world reaches another or an older server. "
+    "See `federation.key_matches_local` and point DNS / the proxy at this "
+    "Synapse."
+)
+FIX_NOTARY_UNREACHABLE = (
+    "No outside view from {notary}: it could not be queried from this host. "
+    "If the host can't reach it (egress firewall, proxy), this check can't "
+    "help; set `notary_check: false` or list a reachable notary in "
+    "`trusted_key_servers`."
+)
+FIX_NOTARY_BAD_ANSWER = (
+    "The notary {notary} answered, but not with a usable key query response. "
+    "If it is not a Matrix key server, remove it from `trusted_key_servers`."
+)
+FIX_NOTARY_SIGNATURE = (
+    "The answer of {notary} is not signed with the `verify_keys` configured "
+    "for it in `trusted_key_servers`, so this Synapse discards what it says "
+    "(also about other servers' keys). Update `verify_keys` from "
+    "https://{notary}/_matrix/key/v2/server, or remove them to skip the check."
+)
+FIX_NOTARY_TIMEOUT = (
+    "The notary {notary} did not answer in time. It may be stuck trying to "
+    "reach this server (a filtered port looks like this from the outside); "
+    "see the connection results. If the notary is just slow, raise `timeout`."
+)
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True, kw_only=True)
+class NotaryPlan:
+    """Which notaries to ask, and the results for those not asked."""
+
+    notaries: tuple[TrustedKeyServerInfo, ...]
+    skipped: tuple[CheckResult, ...]
+
+
+def plan_notary_checks(
+    snapshot: HomeserverSnapshot, *, notary_check: bool
+) -> NotaryPlan:
+    """Decide which notaries to query; `skip` results say why the rest aren't."""
+    if not notary_check:
+        return NotaryPlan(
+            notaries=(),
+            skipped=(skip(NOTARY, "skipped: `notary_check` is off"),),
+        )
+    if not snapshot.trusted_key_servers:
+        return NotaryPlan(
+            notaries=(),
+            skipped=(skip(NOTARY, "skipped: no `trusted_key_servers` are configured"),),
+        )
+    if not snapshot.signing_keys:
+        return NotaryPlan(
+            notaries=(),
+            skipped=(skip(NOTARY, "skipped: this Synapse has no signing key loaded"),),
+        )
+    notaries = []
+    skipped = []
+    for notary in snapshot.trusted_key_servers:
+        if notary.server_name == snapshot.server_name:
+            skipped.append(
+                skip(
+                    NOTARY,
+                    f"skipped: {notary.server_name} is this server itself: no "
+                    "outside view",
+                    target=notary.server_name,
+                )
+            )
+        else:
+            notaries.append(notary)
+    return NotaryPlan(notaries=tuple(notaries), skipped=tuple(skipped))
+
+
+def notary_minimum_valid_until_ts(now_ms: int, key_refresh_interval_ms: int) -> int:
+    """The `minimum_valid_until_ts` to ask for (see the module docstring)."""
+    freshness = max(
+        key_refresh_interval_ms // 2 - FRESHNESS_MARGIN_MS, MIN_FRESHNESS_MS
+    )
+    return now_ms + freshness
+
+
+def build_notary_query(
+    server_name: str, key_ids: Sequence[str], minimum_valid_until_ts: int
+) -> dict[str, Any]:
+    """The body of `POST /_matrix/key/v2/query`."""
+    return {
+        "server_keys": {
+            server_name: {
+                key_id: {"minimum_valid_until_ts": minimum_valid_until_ts}
+                for key_id in key_ids
+            }
+        }
+    }
+
+
+def _verifies(
+    obj: Mapping[str, Any], signer: str, key_id: str, key_bytes: bytes
+) -> bool:
+    """Does `obj` carry a valid signature by `signer` with this key? Never raises:
+    hostile shapes (non-dict signatures, floats, ...) are just "no"."""
+    try:
+        verify_key = decode_verify_key_bytes(key_id, key_bytes)
+        verify_signed_json(dict(obj), signer, verify_key)
+    except Exception:
+        return False
+    return True
+
+
+def _signature_key_ids(obj: Mapping[str, Any], signer: str) -> list[str]:
+    signatures = obj.get("signatures")
+    if not isinstance(signatures, Mapping):
+        return []
+    by_signer = signatures.get(signer)
+    if not isinstance(by_signer, Mapping):
+        return []
+    return [k for k in by_signer if isinstance(k, str)]
+
+
+def notary_signature_problem(
+    entry: Mapping[str, Any], notary: TrustedKeyServerInfo
+) -> str | None:
+    """Why the notary's own signature doesn't verify, or None when it does
+    (as `_validate_perspectives_response` decides)."""
+    if notary.verify_keys is None:
+        return None
+    signed_with = _signature_key_ids(entry, notary.server_name)
+    if not signed_with:
+        return "not signed by the notary"
+    known = [k for k in signed_with if k in notary.verify_keys]
+    if not known:
+        return (
+            f"signed with {', '.join(sorted(signed_with))}, but the configured "
+            f"keys are {', '.join(sorted(notary.verify_keys)) or '(none)'}"
+        )
+    for key_id in known:
+        key_bytes = decode_key_bytes(notary.verify_keys[key_id])
+        if key_bytes is None or not _verifies(
+            entry, notary.server_name, key_id, key_bytes
+        ):
+            return f"the signature with {key_id} does not verify"
+    return None
+
+
+def _entries_for(
+    answer: Mapping[str, Any], server_name: str
+) -> list[Mapping[str, Any]]:
+    entries = answer.get("server_keys")
+    if not isinstance(entries, list):
+        return []
+    return [
+        e
+        for e in entries
+        if isinstance(e, Mapping) and e.get("server_name") == server_name
+    ]
+
+
+def _best_entry(
+    entries: Sequence[Mapping[str, Any]], key_id: str
+) -> Mapping[str, Any] | None:
+    """The entry with our current key that is valid the longest."""
+    best: Mapping[str, Any] | None = None
+    best_ts = -1
+    for entry in entries:
+        if key_id not in served_key_map(entry.get("verify_keys")):
+            continue
+        ts = int_field(entry, "valid_until_ts")
+        ts_value = ts if ts is not None else -1
+        if best is None or ts_value > best_ts:
+            best, best_ts = entry, ts_value
+    return best
+
+
+def judge_notary_answer(
+    status: int,
+    headers: Headers,
+    body: bytes,
+    *,
+    notary: TrustedKeyServerInfo,
+    server_name: str,
+    signing_key: SigningKeyInfo,
+    minimum_valid_until_ts: int,
+    request: Mapping[str, Any],
+) -> CheckResult:
+    """Judge one notary's answer to our key query. Never raises."""
+    name = notary.server_name
+    details = request_details(
+        request,
+        notary=name,
+        http_status=status,
+        key_id=signing_key.key_id,
+        minimum_valid_until_ts=minimum_valid_until_ts,
+    )
+    if status != 200:
+        details["reason"] = "notary_error"
+        return warn(
+            NOTARY,
+            f"no outside view from {name}: it answered "
+            + describe_answer(status, headers, body),
+            fix=FIX_NOTARY_BAD_ANSWER.format(notary=name),
+            details=details,
+            target=name,
+        )
+    answer, problem = parse_json_object(body)
+    if answer is None or not isinstance(answer.get("server_keys"), list):
+        details["reason"] = "notary_bad_answer"
+        return warn(
+            NOTARY,
+            f"no outside view from {name}: its answer is unusable "
+            f"({problem or 'no `server_keys` list'})",
+            fix=FIX_NOTARY_BAD_ANSWER.format(notary=name),
+            details=details,
+            target=name,
+        )
+
+    entries = _entries_for(answer, server_name)
+    key_id = signing_key.key_id
+    if not entries:
+        details["reason"] = "no_keys"
+        return fail(
+            NOTARY,
+            f"the notary {name} has no key for {server_name}: it could not "
+            "fetch it from us",
+            fix=FIX_NOTARY_CANNOT_FETCH.format(notary=name),
+            details=details,
+            target=name,
+        )
+
+    notary_problem: str | None = None
+    if notary.verify_keys is None:
+        details["notary_signature"] = "not checked: no verify_keys configured"
+    else:
+        problems = [notary_signature_problem(e, notary) for e in entries]
+        notary_problem = next((p for p in problems if p is not None), None)
+        details["notary_signature"] = notary_problem or "valid"
+
+    entry = _best_entry(entries, key_id)
+    if entry is None:
+        known = sorted(
+            {k for e in entries for k in served_key_map(e.get("verify_keys"))}
+        )
+        old = any(key_id in served_key_map(e.get("old_verify_keys")) for e in entries)
+        details["reason"] = "old_key" if old else "other_key"
+        details["notary_key_ids"] = known
+        how = "only as an old key" if old else "not at all"
+        return fail(
+            NOTARY,
+            f"the notary {name} knows {server_name}'s keys "
+            f"{', '.join(known) or '(none)'}, and our current key {key_id} "
+            f"{how}: it could not fetch our current key response",
+            fix=(FIX_NOTARY_CANNOT_FETCH if old else FIX_NOTARY_OTHER_KEY).format(
+                notary=name, server_name=server_name
+            ),
+            details=details,
+            target=name,
+        )
+
+    ours = decode_key_bytes(signing_key.verify_key_base64)
+    theirs = served_key_map(entry.get("verify_keys")).get(key_id)
+    if ours is None or theirs != ours:
+        details["reason"] = "key_mismatch"
+        return fail(
+            NOTARY,
+            f"the notary {name} holds another public key under {key_id} than "
+            "this Synapse",
+            fix=FIX_NOTARY_OTHER_KEY.format(notary=name, server_name=server_name),
+            details=details,
+            target=name,
+        )
+    if not _verifies(entry, server_name, key_id, ours):
+        details["reason"] = "self_signature"
+        return fail(
+            NOTARY,
+            f"the notary {name} returned our key without a valid signature of "
+            f"{server_name}: remote servers reject such a key response",
+            fix=FIX_NOTARY_OTHER_KEY.format(notary=name, server_name=server_name),
+            details=details,
+            target=name,
+        )
+
+    valid_until = int_field(entry, "valid_until_ts")
+    details["valid_until_ts"] = valid_until
+    if valid_until is None or valid_until < minimum_valid_until_ts:
+        details["reason"] = "stale"
+        return fail(
+            NOTARY,
+            f"the notary {name} only has a stale copy of our key (valid until "
+            f"{valid_until}, asked for at least {minimum_valid_until_ts}): it "
+            "could not fetch a fresh one from us",
+            fix=FIX_NOTARY_CANNOT_FETCH.format(notary=name),
+            details=details,
+            target=name,
+        )
+    if notary_problem is not None:
+        details["reason"] = "notary_signature"
+        return warn(
+            NOTARY,
+            f"the notary {name} fetched our current key, but its answer is "
+            f"not signed as configured ({notary_problem})",
+            fix=FIX_NOTARY_SIGNATURE.format(notary=name),
+            details=details,
+            target=name,
+        )
+    return ok(
+        NOTARY,
+        f"the notary {name} fetched our current key {key_id} from the outside",
+        details=details,
+        target=name,
+    )
+
+
+def judge_notary_error(
+    reason: str,
+    message: str,
+    *,
+    notary: TrustedKeyServerInfo,
+    request: Mapping[str, Any],
+) -> CheckResult:
+    """The notary gave no HTTP answer (`reason`: "timeout", "refused", ...).
+
+    A timeout is a `fail` (SPEC 3: a probe that did not finish is a fail with
+    reason timeout); a notary we can't connect to at all is a `warn`: no
+    outside view, but nothing known to be wrong with us."""
+    name = notary.server_name
+    details = request_details(request, notary=name, reason=reason)
+    if message:
+        details["error"] = message[:ERROR_MESSAGE_CHARS]
+    if reason == "timeout":
+        return fail(
+            NOTARY,
+            f"the key query to the notary {name} timed out",
+            fix=FIX_NOTARY_TIMEOUT.format(notary=name),
+            details=details,
+            target=name,
+        )
+    return warn(
+        NOTARY,
+        f"no outside view: the notary {name} can't be reached from here "
+        f"({reason}" + (f": {message[:ERROR_MESSAGE_CHARS]}" if message else "") + ")",
+        fix=FIX_NOTARY_UNREACHABLE.format(notary=name),
+        details=details,
+        target=name,
+    )

@@ -1,0 +1,221 @@
+"""The network engine against real DNS and TLS, all on loopback.
+
+A small dnspython UDP server answers for a fake `.test` zone (and SERVFAILs
+or stays silent where a scenario needs it); a Twisted TLS server with a
+trustme certificate plays the homeserver. Nothing leaves 127.0.0.0/8.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+import pytest
+import trustme
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from twisted.internet import reactor, ssl
+from twisted.python.threadpool import ThreadPool
+from twisted.trial import unittest
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from synapse_fedhealth.checks.federation import canonical_json
+from synapse_fedhealth.network import NetworkChecker, NetworkFindings, NetworkSettings
+from synapse_fedhealth.report import Status
+
+pytestmark = pytest.mark.integration
+
+Zone = dict[tuple[str, str], Any]  # (name, rdtype) -> list of rdata texts, "SERVFAIL" or "SILENT"
+
+
+class ZoneDnsServer:
+    """UDP DNS on 127.0.0.1 answering from a dict."""
+
+    def __init__(self, zone: Zone) -> None:
+        self.zone = zone
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.settimeout(0.1)
+        self.address = f"127.0.0.1:{self._sock.getsockname()[1]}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, peer = self._sock.recvfrom(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                query = dns.message.from_wire(data)
+            except Exception:
+                continue
+            question = query.question[0]
+            qname = question.name.to_text().rstrip(".").lower()
+            rdtype = dns.rdatatype.to_text(question.rdtype)
+            reply = dns.message.make_response(query)
+            answer = self.zone.get((qname, rdtype))
+            if answer == "SILENT":
+                continue
+            if answer == "SERVFAIL":
+                reply.set_rcode(dns.rcode.SERVFAIL)
+            elif answer is None:
+                known = any(name == qname for name, _ in self.zone)
+                if not known:
+                    reply.set_rcode(dns.rcode.NXDOMAIN)
+            else:
+                reply.answer.append(dns.rrset.from_text(qname + ".", 60, "IN", rdtype, *answer))
+            self._sock.sendto(reply.to_wire(), peer)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(1)
+        self._sock.close()
+
+
+class FederationResource(Resource):
+    isLeaf = True
+
+    def __init__(self, server_name: str) -> None:
+        super().__init__()
+        self.server_name = server_name
+        self.key = Ed25519PrivateKey.generate()
+
+    def _keys(self) -> bytes:
+        import base64
+
+        public = self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        body: dict[str, Any] = {
+            "server_name": self.server_name,
+            "valid_until_ts": int((time.time() + 86400) * 1000),
+            "verify_keys": {"ed25519:a_test": {"key": base64.b64encode(public).decode().rstrip("=")}},
+            "old_verify_keys": {},
+        }
+        signature = self.key.sign(canonical_json(body))
+        body["signatures"] = {self.server_name: {"ed25519:a_test": base64.b64encode(signature).decode().rstrip("=")}}
+        return json.dumps(body).encode()
+
+    def render_GET(self, request: Request) -> bytes:  # noqa: N802
+        request.setHeader(b"Content-Type", b"application/json")
+        if request.path == b"/_matrix/federation/v1/version":
+            return b'{"server": {"name": "Synapse", "version": "1.163.2"}}'
+        if request.path == b"/_matrix/key/v2/server":
+            return self._keys()
+        request.setResponseCode(404)
+        return b'{"errcode": "M_UNRECOGNIZED"}'
+
+
+class EngineLoopbackTest(unittest.TestCase):
+    def setUp(self) -> None:
+        self.ca = trustme.CA()
+        self.ca_file = self.mktemp()
+        self.ca.cert_pem.write_to_path(self.ca_file)
+        self.threadpool = ThreadPool(minthreads=1, maxthreads=8, name="dns-test")
+        self.threadpool.start()
+        self.addCleanup(self.threadpool.stop)
+
+    def serve_tls(self, server_name: str, cert_names: list[str]) -> int:
+        leaf = self.ca.issue_cert(*cert_names)
+        key = ssl.PrivateCertificate.loadPEM(leaf.private_key_and_cert_chain_pem.bytes())
+        site = Site(FederationResource(server_name))
+        port = reactor.listenSSL(0, site, key.options(), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        return int(port.getHost().port)
+
+    def dns(self, zone: Zone) -> ZoneDnsServer:
+        server = ZoneDnsServer(zone)
+        self.addCleanup(server.stop)
+        return server
+
+    async def run_engine(self, server_name: str, dns_server: ZoneDnsServer, timeout: float = 4.0) -> NetworkFindings:
+        settings = NetworkSettings(
+            server_name=server_name,
+            timeout_s=timeout,
+            cert_expiry_warning_days=14,
+            ca_files=(self.ca_file,),
+            dns_servers=(dns_server.address,),
+            user_agent="Synapse/test",
+        )
+        return await NetworkChecker(reactor, settings, self.threadpool).run()
+
+    @staticmethod
+    def by_id(findings: NetworkFindings) -> Callable[[str], list[Any]]:
+        return lambda check_id: [c for c in findings.checks if c.id == check_id]
+
+    async def test_srv_delegation_all_good(self) -> None:
+        port = self.serve_tls("srv.test", ["srv.test"])
+        server = self.dns(
+            {
+                ("_matrix-fed._tcp.srv.test", "SRV"): [f"10 5 {port} host.test."],
+                ("srv.test", "A"): ["127.0.0.2"],  # nothing on 127.0.0.2:443: no well-known
+                ("host.test", "A"): ["127.0.0.1"],
+            }
+        )
+        findings = await self.run_engine("srv.test", server)
+        get = self.by_id(findings)
+        statuses = {c.id: c.status for c in findings.checks}
+        assert get("discovery.well_known")[0].status is Status.OK, get("discovery.well_known")
+        assert statuses["discovery.srv"] is Status.OK
+        # 127.0.0.1 is loopback: peers with the default blacklist refuse it.
+        assert statuses["discovery.addresses"] is Status.WARN
+        for check_id in ("connection.reachable", "tls.handshake", "tls.certificate", "federation.version", "federation.keys"):
+            assert get(check_id)[0].status is Status.OK, get(check_id)
+            assert get(check_id)[0].target == f"127.0.0.1:{port}"
+        assert findings.targets[0].host_header == "srv.test"
+        assert f"127.0.0.1:{port}" in findings.served_keys
+        assert "srv.test" in findings.cert_expiry
+        tester = findings.federation_tester
+        assert tester["ConnectionReports"][f"127.0.0.1:{port}"]["Checks"]["AllChecksOK"] is True
+        assert tester["Version"] == {"name": "Synapse", "version": "1.163.2"}
+
+    async def test_name_mismatch_and_explicit_port(self) -> None:
+        port = self.serve_tls("wrong.test", ["other.test"])
+        server = self.dns({("wrong.test", "A"): ["127.0.0.1"]})
+        findings = await self.run_engine(f"wrong.test:{port}", server)
+        cert = self.by_id(findings)("tls.certificate")[0]
+        assert cert.status is Status.FAIL
+        assert cert.details["reason"] == "name_mismatch"
+        # The key answer names wrong.test, not wrong.test:PORT.
+        assert self.by_id(findings)("federation.keys")[0].status is Status.FAIL
+        assert self.by_id(findings)("discovery.srv")[0].status is Status.OK
+
+    async def test_srv_servfail_stops_resolution(self) -> None:
+        server = self.dns(
+            {
+                ("_matrix-fed._tcp.broken.test", "SRV"): "SERVFAIL",
+                ("broken.test", "A"): ["127.0.0.2"],
+            }
+        )
+        findings = await self.run_engine("broken.test", server)
+        srv = self.by_id(findings)("discovery.srv")[0]
+        assert srv.status is Status.FAIL
+        assert srv.details["reason"] == "servfail"
+        assert findings.targets == ()
+
+    async def test_silent_dns_finishes_in_time(self) -> None:
+        server = self.dns(
+            {
+                ("_matrix-fed._tcp.slow.test", "SRV"): "SILENT",
+                ("_matrix._tcp.slow.test", "SRV"): "SILENT",
+                ("slow.test", "A"): "SILENT",
+                ("slow.test", "AAAA"): "SILENT",
+            }
+        )
+        started = time.monotonic()
+        findings = await self.run_engine("slow.test", server, timeout=1.5)
+        assert time.monotonic() - started < 2.0
+        reasons = {c.id: c.details.get("reason") for c in findings.checks}
+        assert reasons["discovery.srv"] == "timeout"
+        assert reasons["discovery.well_known"] == "timeout"
