@@ -342,9 +342,17 @@ def check_well_known(
         return fail(
             WELL_KNOWN,
             f"fetching https://{name}/.well-known/matrix/server timed out"
-            + (f" ({outcome.http.error_message})" if dns_timeout else ""),
-            fix=f"Make port 443 on {name} answer (firewall, proxy up), or stop publishing A/AAAA records for {name} "
-            "that point at a host that does not answer.",
+            + (
+                f" ({outcome.http.error_message})"
+                if dns_timeout and outcome.http
+                else ""
+            ),
+            fix=(
+                f"Make the DNS servers answer for {name} (authoritative servers reachable, or `dns_servers` correct)."
+                if dns_timeout
+                else f"Make port 443 on {name} answer (firewall, proxy up), or stop publishing A/AAAA records "
+                f"for {name} that point at a host that does not answer."
+            ),
             details=details,
         )
     if outcome.kind == WK_INVALID:

@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import URI, Agent, HTTPConnectionPool, ResponseFailed
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory
-from zope.interface import implementer  # type: ignore[import-untyped,unused-ignore]
+from zope.interface import implementer
 
 from synapse_fedhealth.net.addresses import (
     AddressClass,

@@ -29,7 +29,7 @@ from twisted.internet.protocol import Factory
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
-from zope.interface import implementer  # type: ignore[import-untyped,unused-ignore]
+from zope.interface import implementer
 
 # `details.reason` values of tls.certificate (SPEC 4.3): keep these exact.
 REASON_EXPIRED = "expired"
@@ -78,10 +78,10 @@ class TrustStore:
             paths = ssl.get_default_verify_paths()
             cafile = paths.cafile or paths.openssl_cafile
             capath = paths.capath or paths.openssl_capath
-            self._store.load_locations(
-                cafile if cafile and os.path.isfile(cafile) else None,
-                capath if capath and os.path.isdir(capath) else None,
-            )
+            if cafile and os.path.isfile(cafile):
+                self._store.load_locations(cafile)
+            elif capath and os.path.isdir(capath):
+                self._store.load_locations(None, capath)  # type: ignore[arg-type,unused-ignore]
             self.description = "the system trust store"
             return
         for path in self.ca_files:

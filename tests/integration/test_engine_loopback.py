@@ -34,7 +34,9 @@ from synapse_fedhealth.report import Status
 
 pytestmark = pytest.mark.integration
 
-Zone = dict[tuple[str, str], Any]  # (name, rdtype) -> list of rdata texts, "SERVFAIL" or "SILENT"
+Zone = dict[
+    tuple[str, str], Any
+]  # (name, rdtype) -> list of rdata texts, "SERVFAIL" or "SILENT"
 
 
 class ZoneDnsServer:
@@ -76,7 +78,9 @@ class ZoneDnsServer:
                 if not known:
                     reply.set_rcode(dns.rcode.NXDOMAIN)
             else:
-                reply.answer.append(dns.rrset.from_text(qname + ".", 60, "IN", rdtype, *answer))
+                reply.answer.append(
+                    dns.rrset.from_text(qname + ".", 60, "IN", rdtype, *answer)
+                )
             self._sock.sendto(reply.to_wire(), peer)
 
     def stop(self) -> None:
@@ -100,14 +104,20 @@ class FederationResource(Resource):
         body: dict[str, Any] = {
             "server_name": self.server_name,
             "valid_until_ts": int((time.time() + 86400) * 1000),
-            "verify_keys": {"ed25519:a_test": {"key": base64.b64encode(public).decode().rstrip("=")}},
+            "verify_keys": {
+                "ed25519:a_test": {"key": base64.b64encode(public).decode().rstrip("=")}
+            },
             "old_verify_keys": {},
         }
         signature = self.key.sign(canonical_json(body))
-        body["signatures"] = {self.server_name: {"ed25519:a_test": base64.b64encode(signature).decode().rstrip("=")}}
+        body["signatures"] = {
+            self.server_name: {
+                "ed25519:a_test": base64.b64encode(signature).decode().rstrip("=")
+            }
+        }
         return json.dumps(body).encode()
 
-    def render_GET(self, request: Request) -> bytes:  # noqa: N802
+    def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"Content-Type", b"application/json")
         if request.path == b"/_matrix/federation/v1/version":
             return b'{"server": {"name": "Synapse", "version": "1.163.2"}}'
@@ -128,9 +138,12 @@ class EngineLoopbackTest(unittest.TestCase):
 
     def serve_tls(self, server_name: str, cert_names: list[str]) -> int:
         leaf = self.ca.issue_cert(*cert_names)
-        key = ssl.PrivateCertificate.loadPEM(leaf.private_key_and_cert_chain_pem.bytes())
+        key = ssl.PrivateCertificate.loadPEM(
+            leaf.private_key_and_cert_chain_pem.bytes()
+        )
         site = Site(FederationResource(server_name))
-        port = reactor.listenSSL(0, site, key.options(), interface="127.0.0.1")  # type: ignore[attr-defined]
+        listener: Any = reactor
+        port = listener.listenSSL(0, site, key.options(), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         return int(port.getHost().port)
 
@@ -139,7 +152,9 @@ class EngineLoopbackTest(unittest.TestCase):
         self.addCleanup(server.stop)
         return server
 
-    async def run_engine(self, server_name: str, dns_server: ZoneDnsServer, timeout: float = 4.0) -> NetworkFindings:
+    async def run_engine(
+        self, server_name: str, dns_server: ZoneDnsServer, timeout: float = 4.0
+    ) -> NetworkFindings:
         settings = NetworkSettings(
             server_name=server_name,
             timeout_s=timeout,
@@ -159,25 +174,38 @@ class EngineLoopbackTest(unittest.TestCase):
         server = self.dns(
             {
                 ("_matrix-fed._tcp.srv.test", "SRV"): [f"10 5 {port} host.test."],
-                ("srv.test", "A"): ["127.0.0.2"],  # nothing on 127.0.0.2:443: no well-known
+                ("srv.test", "A"): [
+                    "127.0.0.2"
+                ],  # nothing on 127.0.0.2:443: no well-known
                 ("host.test", "A"): ["127.0.0.1"],
             }
         )
         findings = await self.run_engine("srv.test", server)
         get = self.by_id(findings)
         statuses = {c.id: c.status for c in findings.checks}
-        assert get("discovery.well_known")[0].status is Status.OK, get("discovery.well_known")
+        assert get("discovery.well_known")[0].status is Status.OK, get(
+            "discovery.well_known"
+        )
         assert statuses["discovery.srv"] is Status.OK
         # 127.0.0.1 is loopback: peers with the default blacklist refuse it.
         assert statuses["discovery.addresses"] is Status.WARN
-        for check_id in ("connection.reachable", "tls.handshake", "tls.certificate", "federation.version", "federation.keys"):
+        for check_id in (
+            "connection.reachable",
+            "tls.handshake",
+            "tls.certificate",
+            "federation.version",
+            "federation.keys",
+        ):
             assert get(check_id)[0].status is Status.OK, get(check_id)
             assert get(check_id)[0].target == f"127.0.0.1:{port}"
         assert findings.targets[0].host_header == "srv.test"
         assert f"127.0.0.1:{port}" in findings.served_keys
         assert "srv.test" in findings.cert_expiry
         tester = findings.federation_tester
-        assert tester["ConnectionReports"][f"127.0.0.1:{port}"]["Checks"]["AllChecksOK"] is True
+        assert (
+            tester["ConnectionReports"][f"127.0.0.1:{port}"]["Checks"]["AllChecksOK"]
+            is True
+        )
         assert tester["Version"] == {"name": "Synapse", "version": "1.163.2"}
 
     async def test_name_mismatch_and_explicit_port(self) -> None:

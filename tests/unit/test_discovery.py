@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -34,10 +35,10 @@ def http(
     status: int | None = 200,
     body: bytes = b"",
     ctype: str | None = "application/json",
-    **kw: object,
+    **kw: Any,
 ) -> HttpResult:
-    headers = {"content-type": (ctype,)} if ctype else {}
-    headers.update(kw.pop("headers", {}))  # type: ignore[arg-type]
+    headers: dict[str, tuple[str, ...]] = {"content-type": (ctype,)} if ctype else {}
+    headers.update(kw.pop("headers", {}))
     return HttpResult(
         url=URL,
         host_header="example.com",
@@ -46,7 +47,7 @@ def http(
         body=body,
         headers=headers,
         **kw,
-    )  # type: ignore[arg-type]
+    )
 
 
 def a(

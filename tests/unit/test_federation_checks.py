@@ -37,7 +37,7 @@ HOUR_MS = 3600 * 1000
 
 def answer(
     body: bytes | dict[str, Any],
-    status: int = 200,
+    status: int | None = 200,
     ctype: str = "application/json",
     **kw: Any,
 ) -> HttpResult:
@@ -111,7 +111,7 @@ def test_version_statuses_say_which(status: int, words: str) -> None:
 def test_version_timeout() -> None:
     result, _ = check_version(
         TARGET, answer(b"", status=None, error="timeout", error_message="timed out")
-    )  # type: ignore[arg-type]
+    )
     assert result.details["reason"] == "timeout"
     assert "timed out" in result.summary
 

@@ -12,10 +12,17 @@ in front of a Synapse under test.
     nginx.reload()             # SIGHUP; returns when the new config serves
     nginx.stop()
 
-It runs with `daemon off; master_process off;`: a single process, so stopping
-it (SIGQUIT, then SIGKILL) leaves nothing behind, and it is started under
-`setpriv --pdeathsig KILL` so it dies with the test process even if that is
-killed. All paths (pid, logs, temp dirs) live inside the prefix.
+It runs with `daemon off; master_process on;` (one worker) in its own
+process group: `stop()` sends SIGQUIT to the master, then SIGKILL to the
+group, so no worker is left behind. The master runs under
+`setpriv --pdeathsig KILL`, so it dies with the test process even if that is
+killed (a worker would then linger until its connections close; atexit and
+fixture teardown cover every normal exit). All paths (pid, logs, temp dirs)
+live inside the prefix.
+
+(`master_process off` was tried first: nginx 1.22 then spins after a SIGHUP,
+logging "512 worker_connections are not enough, reusing connections" and
+never serving the new config.)
 
 A reload is confirmed through a control listener on 127.0.0.1 that answers
 the config generation: `reload()` returns once the new generation answers.
@@ -271,10 +278,15 @@ class Nginx:
                     vhost = attr.evolve(vhost, default_server=False)
                 seen.add(vhost.listen)
             blocks.append(self._server_block(i, vhost))
+        # As root, workers would run as `nobody` and could not read files in
+        # pytest's 0700 temp directories.
+        user = "user root root;" if os.geteuid() == 0 else ""
         return f"""# written by tests/integration/netlab/nginx.py (generation {self.generation})
+{user}
 daemon off;
-master_process off;
+master_process on;
 worker_processes 1;
+worker_shutdown_timeout 2s;
 pid {p}/nginx.pid;
 error_log {self.error_log} info;
 events {{ worker_connections 512; }}
@@ -371,8 +383,17 @@ http {{
         self.write_config()
         self.test_config()
         assert self.process is not None
+        old_workers = _children(self.process.pid)
         self.process.send_signal(signal.SIGHUP)
         self._wait_ready(self.generation, began + timeout)
+        # Until the old workers are gone they may still accept a connection
+        # and answer it with the old config (worker_shutdown_timeout bounds it).
+        deadline = began + timeout
+        while old_workers and time.monotonic() < deadline:
+            old_workers = [pid for pid in old_workers if _alive(pid)]
+            time.sleep(POLL_S)
+        if old_workers:
+            raise NginxError(f"old nginx workers {old_workers} did not exit after reload")
         self.reloaded_in_s = time.monotonic() - began
 
     def restart(self, timeout: float = START_TIMEOUT_S) -> None:
@@ -425,6 +446,12 @@ http {{
                     process.kill()
                     process.wait(STOP_TIMEOUT_S)
         finally:
+            # Workers of a master that died abruptly: the group is the master's
+            # PID (start_new_session), which was ours.
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except OSError:
+                pass
             _LIVE.discard(self)
         return process.returncode
 
@@ -450,6 +477,32 @@ def _accepts(ip: str, port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+def _children(pid: int) -> list[int]:
+    """The PIDs of `pid`'s child processes (nginx's workers), from /proc."""
+    found: list[int] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 1 and fields[1] == str(pid):
+            found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 _LIVE: set[Nginx] = set()

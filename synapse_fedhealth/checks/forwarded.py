@@ -1,0 +1,272 @@
+"""`proxy.forwarded_headers`: what the reverse proxy passes to Synapse.
+
+Our run sends `GET /_synapse/client/fedhealth/echo/<nonce>` through the
+public path; the echo resource (synapse_fedhealth/echo.py) answers with an
+`EchoRecord`: the forwarded headers and Host that reached Synapse, and which
+listener received them. This module defines that record and judges it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attr
+
+from synapse_fedhealth.checks.http_answer import (
+    Headers,
+    describe_answer,
+    parse_json_object,
+    request_details,
+)
+from synapse_fedhealth.homeserver import ListenerInfo
+from synapse_fedhealth.report import CheckResult, ok, skip, warn
+
+FORWARDED_HEADERS = "proxy.forwarded_headers"
+ECHO_PATH = "/_synapse/client/fedhealth/echo"
+ECHO_RECORD_TYPE = "fedhealth.echo"
+# Longest header value kept: X-Forwarded-For chains stay readable, a hostile
+# client can't make the record large.
+MAX_HEADER_CHARS = 256
+DEFAULT_PORTS = {"https": 443, "http": 80}
+
+FIX_XFF = (
+    "Make the proxy send the client address: nginx `proxy_set_header "
+    "X-Forwarded-For $remote_addr;`; Apache `ProxyPreserveHost On` (mod_proxy "
+    "adds X-Forwarded-For); Caddy and Traefik send it by default."
+)
+FIX_XFP = (
+    "Make the proxy send the scheme: nginx `proxy_set_header X-Forwarded-Proto "
+    '$scheme;`; Apache `RequestHeader set X-Forwarded-Proto "https"`; Caddy '
+    "and Traefik send it by default."
+)
+FIX_HOST = (
+    "Make the proxy pass the original Host header: nginx `proxy_set_header "
+    "Host $host;`; Apache `ProxyPreserveHost On`; Caddy and Traefik keep it "
+    "unless told otherwise (Caddy: no `header_up Host {upstream_hostport}`)."
+)
+FIX_ENABLE_X_FORWARDED = (
+    "Set `x_forwarded: true` on {listener} in homeserver.yaml: it sits behind "
+    "a reverse proxy, and without it Synapse records the proxy's address for "
+    "every client (logs, rate limiting, IP ban lists, the devices list)."
+)
+FIX_DISABLE_X_FORWARDED = (
+    "{listener} is reached directly, without a proxy, yet trusts "
+    "X-Forwarded-For (`x_forwarded: true`): any client can claim any IP. Set "
+    "`x_forwarded: false`, or firewall the port so only the proxy reaches it."
+)
+
+
+def _header_text(value: object) -> str | None:
+    if not isinstance(value, str):
+        return None
+    return value[:MAX_HEADER_CHARS]
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True, kw_only=True)
+class EchoRecord:
+    """What reached Synapse for one echo request."""
+
+    x_forwarded_for: str | None = None
+    x_forwarded_proto: str | None = None
+    x_forwarded_host: str | None = None
+    forwarded: str | None = None  # RFC 7239 `Forwarded`
+    host: str | None = None
+    peer: str | None = None  # the TCP peer as Synapse saw it (the proxy, if any)
+    tls: bool = False  # was the connection into Synapse itself TLS?
+    listener_port: int | None = None
+    listener_tag: str | None = None
+    # Does the listener honour X-Forwarded-* (`x_forwarded: true`)?
+    listener_x_forwarded: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": ECHO_RECORD_TYPE,
+            "x_forwarded_for": self.x_forwarded_for,
+            "x_forwarded_proto": self.x_forwarded_proto,
+            "x_forwarded_host": self.x_forwarded_host,
+            "forwarded": self.forwarded,
+            "host": self.host,
+            "peer": self.peer,
+            "tls": self.tls,
+            "listener": {
+                "port": self.listener_port,
+                "tag": self.listener_tag,
+                "x_forwarded": self.listener_x_forwarded,
+            },
+        }
+
+    @classmethod
+    def from_json(cls, obj: object) -> EchoRecord | None:
+        """Parse an echo answer; None unless it is one. Never raises."""
+        if not isinstance(obj, Mapping) or obj.get("type") != ECHO_RECORD_TYPE:
+            return None
+        listener = obj.get("listener")
+        if not isinstance(listener, Mapping):
+            listener = {}
+        port = listener.get("port")
+        return cls(
+            x_forwarded_for=_header_text(obj.get("x_forwarded_for")),
+            x_forwarded_proto=_header_text(obj.get("x_forwarded_proto")),
+            x_forwarded_host=_header_text(obj.get("x_forwarded_host")),
+            forwarded=_header_text(obj.get("forwarded")),
+            host=_header_text(obj.get("host")),
+            peer=_header_text(obj.get("peer")),
+            tls=obj.get("tls") is True,
+            listener_port=port if type(port) is int else None,
+            listener_tag=_header_text(listener.get("tag")),
+            listener_x_forwarded=listener.get("x_forwarded") is True,
+        )
+
+
+def normalise_host(host: str, scheme: str) -> str:
+    """`Example.COM:443` → `example.com` for https; keeps other ports."""
+    host = host.strip().lower()
+    default_port = DEFAULT_PORTS.get(scheme)
+    if default_port is not None and host.endswith(f":{default_port}"):
+        host = host[: -len(f":{default_port}")]
+    return host
+
+
+def _listener_for(
+    record: EchoRecord, listeners: Sequence[ListenerInfo]
+) -> ListenerInfo | None:
+    for listener in listeners:
+        if listener.type == "http" and listener.port == record.listener_port:
+            if record.listener_tag is None or listener.tag in (
+                None,
+                record.listener_tag,
+            ):
+                return listener
+    return None
+
+
+def _listener_name(record: EchoRecord, listener: ListenerInfo | None) -> str:
+    if listener is not None:
+        return listener.label
+    if record.listener_port is not None:
+        return f"the listener on port {record.listener_port}"
+    return f"the listener {record.listener_tag or '(unknown)'}"
+
+
+def judge_forwarded_headers(
+    status: int,
+    headers: Headers,
+    body: bytes,
+    *,
+    sent_host: str,
+    sent_scheme: str = "https",
+    sent_port: int | None = None,
+    listeners: Sequence[ListenerInfo] = (),
+    request: Mapping[str, Any],
+    target: str | None = None,
+) -> CheckResult:
+    """Judge the echo answer received through the public path. Never raises."""
+    details = request_details(request, http_status=status)
+    obj, _ = parse_json_object(body) if status == 200 else (None, "")
+    record = EchoRecord.from_json(obj)
+    if record is None:
+        details["reason"] = "not_routed"
+        return skip(
+            FORWARDED_HEADERS,
+            f"skipped: the public path does not route {ECHO_PATH} to this "
+            "Synapse (" + describe_answer(status, headers, body) + ")",
+            details=details,
+            target=target,
+        )
+    details["received"] = record.to_json()
+    listener = _listener_for(record, listeners)
+    where = _listener_name(record, listener)
+    details["listener"] = where
+
+    port = sent_port if sent_port is not None else DEFAULT_PORTS.get(sent_scheme)
+    proxied = (
+        record.x_forwarded_for is not None
+        or record.x_forwarded_proto is not None
+        or record.forwarded is not None
+        or (sent_scheme == "https" and not record.tls)
+        or (record.listener_port is not None and record.listener_port != port)
+    )
+    details["proxied"] = proxied
+
+    problems: list[str] = []
+    fixes: list[str] = []
+    if proxied:
+        if record.x_forwarded_for is None:
+            problems.append("X-Forwarded-For did not arrive")
+            fixes.append(FIX_XFF)
+        if record.x_forwarded_proto is None:
+            problems.append("X-Forwarded-Proto did not arrive")
+            fixes.append(FIX_XFP)
+        elif record.x_forwarded_proto.strip().lower() != sent_scheme:
+            problems.append(
+                f"X-Forwarded-Proto arrived as {record.x_forwarded_proto!r} for an "
+                f"{sent_scheme} request"
+            )
+            fixes.append(FIX_XFP)
+    if record.host is None or normalise_host(
+        record.host, sent_scheme
+    ) != normalise_host(sent_host, sent_scheme):
+        problems.append(
+            f"the Host header arrived as {record.host!r}, not {sent_host!r}"
+        )
+        fixes.append(FIX_HOST)
+    if proxied and not record.listener_x_forwarded:
+        problems.append(
+            f"{where} has `x_forwarded` off, so Synapse ignores the proxy's "
+            f"headers and sees {record.peer or 'the proxy'} as every client"
+        )
+        fixes.append(FIX_ENABLE_X_FORWARDED.format(listener=where))
+    if not proxied and record.listener_x_forwarded:
+        problems.append(
+            f"{where} is reached without a proxy but has `x_forwarded: true`"
+        )
+        fixes.append(FIX_DISABLE_X_FORWARDED.format(listener=where))
+
+    if problems:
+        details["problems"] = problems
+        return warn(
+            FORWARDED_HEADERS,
+            "; ".join(problems),
+            fix=" ".join(dict.fromkeys(fixes)),
+            details=details,
+            target=target,
+        )
+    if proxied:
+        summary = (
+            "X-Forwarded-For, X-Forwarded-Proto and the original Host reach "
+            f"{where}, which uses them (`x_forwarded: true`)"
+        )
+    else:
+        summary = (
+            f"no reverse proxy in front of {where}; it does not trust "
+            "forwarded headers (`x_forwarded: false`), as it should"
+        )
+    return ok(FORWARDED_HEADERS, summary, details=details, target=target)
+
+
+def judge_forwarded_headers_error(
+    reason: str, message: str, *, request: Mapping[str, Any], target: str | None = None
+) -> CheckResult:
+    """The echo request got no HTTP answer. A timeout is reported as such (a
+    warn: this check can't break federation on its own); any other error is
+    the reachability checks' to report, so this one skips."""
+    details = request_details(request, reason=reason)
+    if message:
+        details["error"] = message[:MAX_HEADER_CHARS]
+    if reason == "timeout":
+        return warn(
+            FORWARDED_HEADERS,
+            f"the echo request through the public path ({ECHO_PATH}) timed out",
+            fix="Something on the public path hangs on /_synapse/client; see "
+            "the connection checks.",
+            details=details,
+            target=target,
+        )
+    return skip(
+        FORWARDED_HEADERS,
+        f"skipped: the echo request through the public path got no answer "
+        f"({reason}" + (f": {message[:MAX_HEADER_CHARS]}" if message else "") + ")",
+        details=details,
+        target=target,
+    )

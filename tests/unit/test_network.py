@@ -1,0 +1,359 @@
+"""The orchestrator with fake DNS, HTTP and TLS, on a fake clock."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from synapse_fedhealth.net.dns import DnsOutcome, DnsResult, SrvRecord
+from synapse_fedhealth.net.http import HttpResult
+from synapse_fedhealth.net.tls import ConnectOutcome, TlsProbeResult, TrustStore
+from synapse_fedhealth.network import NetworkChecker, NetworkFindings, NetworkSettings
+from synapse_fedhealth.report import Status
+
+HANG = "hang"
+BOOM = "boom"
+
+
+class FakeResolver:
+    def __init__(self, records: dict[tuple[str, str], Any]) -> None:
+        self.records = records
+        self.queries: list[tuple[str, str]] = []
+
+    def lookup(
+        self, qname: str, rdtype: str, timeout: float
+    ) -> defer.Deferred[DnsResult]:
+        self.queries.append((qname, rdtype))
+        value = self.records.get((qname, rdtype))
+        if value == HANG:
+            return defer.Deferred()
+        if value == BOOM:
+            return defer.fail(RuntimeError("resolver bug"))
+        if isinstance(value, DnsOutcome):
+            return defer.succeed(DnsResult(qname=qname, rdtype=rdtype, outcome=value))
+        if value is None:
+            return defer.succeed(
+                DnsResult(qname=qname, rdtype=rdtype, outcome=DnsOutcome.NXDOMAIN)
+            )
+        if rdtype == "SRV":
+            return defer.succeed(
+                DnsResult(
+                    qname=qname,
+                    rdtype=rdtype,
+                    outcome=DnsOutcome.ANSWER,
+                    srv=tuple(value),
+                )
+            )
+        return defer.succeed(
+            DnsResult(
+                qname=qname,
+                rdtype=rdtype,
+                outcome=DnsOutcome.ANSWER,
+                addresses=tuple(value),
+            )
+        )
+
+
+class FakeHttp:
+    """Answers by (path, connect_to ip); HANG never answers."""
+
+    def __init__(self, answers: dict[tuple[str, str], Any]) -> None:
+        self.answers = answers
+        self.requests: list[tuple[str, Any, str | None]] = []
+
+    def get(
+        self,
+        url: str,
+        *,
+        connect_to: tuple[str, int] | None = None,
+        host_header: str | None = None,
+        sni: str | None = None,
+        timeout: float,
+        **kw: Any,
+    ) -> defer.Deferred[HttpResult]:
+        self.requests.append((url, connect_to, host_header))
+        path = "/" + url.split("/", 3)[3]
+        ip = connect_to[0] if connect_to else ""
+        value = self.answers.get((path, ip), self.answers.get((path, "*")))
+        if value == HANG:
+            return defer.Deferred()
+        if value == BOOM:
+            raise RuntimeError("http bug")
+        base = HttpResult(url=url, host_header=host_header or "", sni=sni or "")
+        if value is None:
+            return defer.succeed(
+                HttpResult(
+                    url=url,
+                    host_header=host_header or "",
+                    sni=sni or "",
+                    error="refused",
+                    error_message="connection refused",
+                )
+            )
+        status, body = value
+        return defer.succeed(
+            HttpResult(
+                url=base.url,
+                host_header=base.host_header,
+                sni=base.sni,
+                status=status,
+                body=json.dumps(body).encode() if not isinstance(body, bytes) else body,
+                headers={"content-type": ("application/json",)},
+            )
+        )
+
+
+class FakeTls:
+    def __init__(self, outcomes: dict[str, Any]) -> None:
+        self.outcomes = outcomes
+        self.probed: list[str] = []
+
+    def probe(
+        self, ip: str, port: int, sni: str, timeout: float
+    ) -> defer.Deferred[TlsProbeResult]:
+        self.probed.append(ip)
+        value = self.outcomes.get(ip, ConnectOutcome.REFUSED)
+        if value == HANG:
+            return defer.Deferred()
+        if value == "ok":
+            return defer.succeed(
+                TlsProbeResult(
+                    ip=ip,
+                    port=port,
+                    sni=sni,
+                    connect=ConnectOutcome.OK,
+                    handshake="ok",
+                    protocol="TLSv1.3",
+                    cipher="X",
+                )
+            )
+        return defer.succeed(
+            TlsProbeResult(
+                ip=ip, port=port, sni=sni, connect=value, connect_error=str(value)
+            )
+        )
+
+
+VERSION = (200, {"server": {"name": "Synapse", "version": "1.163.2"}})
+
+
+class NetworkCheckerTest(SynchronousTestCase):
+    def run_checker(
+        self,
+        server_name: str,
+        dns: dict[tuple[str, str], Any],
+        http: dict[tuple[str, str], Any],
+        tls: dict[str, Any],
+        *,
+        timeout: float = 10,
+        advance: float = 0,
+    ) -> tuple[NetworkFindings, FakeResolver, FakeHttp, FakeTls]:
+        reactor = MemoryReactorClock()
+        resolver, fetcher, prober = FakeResolver(dns), FakeHttp(http), FakeTls(tls)
+        settings = NetworkSettings(
+            server_name=server_name, timeout_s=timeout, cert_expiry_warning_days=14
+        )
+        checker = NetworkChecker(
+            reactor,
+            settings,
+            None,
+            resolver=resolver,
+            http=fetcher,
+            tls_prober=prober,
+            trust=TrustStore(),
+        )
+        d = defer.ensureDeferred(checker.run())
+        if advance:
+            for _ in range(int(advance * 10) + 2):
+                reactor.advance(0.1)
+        findings = self.successResultOf(d)
+        # Everything must be JSON-serialisable, as the endpoint serves it.
+        json.dumps([c.to_json() for c in findings.checks])
+        json.dumps(findings.federation_tester)
+        return findings, resolver, fetcher, prober
+
+    @staticmethod
+    def status(findings: NetworkFindings, check_id: str) -> list[Status]:
+        return [c.status for c in findings.checks if c.id == check_id]
+
+    def test_delegation_with_port(self) -> None:
+        findings, resolver, fetcher, prober = self.run_checker(
+            "example.com",
+            {
+                ("example.com", "A"): ["203.0.113.1"],
+                ("matrix.example.com", "A"): ["203.0.113.7"],
+            },
+            {
+                ("/.well-known/matrix/server", "203.0.113.1"): (
+                    200,
+                    {"m.server": "matrix.example.com:443"},
+                ),
+                ("/_matrix/federation/v1/version", "203.0.113.7"): VERSION,
+            },
+            {"203.0.113.7": "ok"},
+        )
+        assert self.status(findings, "discovery.well_known") == [Status.OK]
+        assert self.status(findings, "discovery.srv") == [
+            Status.OK
+        ]  # not used: explicit port
+        assert [t.address for t in findings.targets] == ["203.0.113.7:443"]
+        assert findings.targets[0].host_header == "matrix.example.com:443"
+        assert findings.targets[0].sni == "matrix.example.com"
+        assert ("_matrix-fed._tcp.matrix.example.com", "SRV") not in resolver.queries
+        version_requests = [r for r in fetcher.requests if "version" in r[0]]
+        assert version_requests == [
+            (
+                "https://matrix.example.com:443/_matrix/federation/v1/version",
+                ("203.0.113.7", 443),
+                "matrix.example.com:443",
+            )
+        ]
+        assert self.status(findings, "federation.version") == [Status.OK]
+        assert (
+            findings.federation_tester["WellKnownResult"]["m.server"]
+            == "matrix.example.com:443"
+        )
+
+    def test_no_well_known_srv_fallback(self) -> None:
+        findings, *_ = self.run_checker(
+            "example.com",
+            {
+                ("example.com", "A"): ["203.0.113.1"],
+                ("_matrix-fed._tcp.example.com", "SRV"): [
+                    SrvRecord(
+                        priority=10, weight=1, port=8448, target="fed.example.com"
+                    )
+                ],
+                ("fed.example.com", "A"): ["203.0.113.8"],
+                ("fed.example.com", "AAAA"): ["2001:db8::8"],
+            },
+            {
+                ("/.well-known/matrix/server", "*"): (404, b""),
+                ("/_matrix/federation/v1/version", "203.0.113.8"): VERSION,
+            },
+            {"203.0.113.8": "ok", "2001:db8::8": ConnectOutcome.TIMEOUT},
+        )
+        assert self.status(findings, "discovery.well_known") == [Status.OK]
+        assert [t.address for t in findings.targets] == [
+            "203.0.113.8:8448",
+            "[2001:db8::8]:8448",
+        ]
+        assert all(
+            t.host_header == "example.com" and t.sni == "example.com"
+            for t in findings.targets
+        )
+        reach = {c.target: c for c in findings.checks if c.id == "connection.reachable"}
+        assert reach["203.0.113.8:8448"].status is Status.OK
+        assert (
+            reach["[2001:db8::8]:8448"].status is Status.WARN
+        )  # a dead AAAA: degraded
+        assert reach["[2001:db8::8]:8448"].details["reason"] == "timeout"
+
+    def test_nothing_works_fails_well_known(self) -> None:
+        findings, *_ = self.run_checker(
+            "example.com",
+            {("example.com", "A"): ["203.0.113.1"]},
+            {("/.well-known/matrix/server", "*"): (404, b"")},
+            {},
+        )
+        assert self.status(findings, "discovery.well_known") == [Status.FAIL]
+        assert self.status(findings, "connection.reachable") == [Status.FAIL]
+        assert not findings.federation_ok
+
+    def test_forbidden_addresses_never_probed(self) -> None:
+        findings, _, fetcher, prober = self.run_checker(
+            "example.com:8448",
+            {
+                ("example.com", "A"): ["169.254.1.1", "0.0.0.0"],
+                ("example.com", "AAAA"): ["fe80::1"],
+            },
+            {},
+            {},
+        )
+        assert prober.probed == []
+        assert fetcher.requests == []
+        assert self.status(findings, "discovery.addresses") == [Status.FAIL]
+
+    def test_everything_hangs_finishes_by_deadline(self) -> None:
+        dns = {
+            (n, t): HANG
+            for n in (
+                "example.com",
+                "_matrix-fed._tcp.example.com",
+                "_matrix._tcp.example.com",
+            )
+            for t in ("A", "AAAA", "SRV")
+        }
+        findings, *_ = self.run_checker(
+            "example.com", dns, {}, {}, timeout=2, advance=2
+        )
+        reasons = {c.id: c.details.get("reason") for c in findings.checks}
+        assert reasons["discovery.well_known"] == "timeout"
+        assert reasons["discovery.srv"] == "timeout"
+        assert not findings.federation_ok
+
+    def test_hanging_probes_become_timeouts(self) -> None:
+        findings, *_ = self.run_checker(
+            "example.com:8448",
+            {("example.com", "A"): ["203.0.113.7"]},
+            {
+                ("/_matrix/federation/v1/version", "*"): HANG,
+                ("/_matrix/key/v2/server", "*"): HANG,
+            },
+            {"203.0.113.7": HANG},
+            timeout=2,
+            advance=2,
+        )
+        for check_id in (
+            "connection.reachable",
+            "federation.version",
+            "federation.keys",
+        ):
+            (check,) = [c for c in findings.checks if c.id == check_id]
+            assert check.status is Status.FAIL
+            assert check.details["reason"] == "timeout"
+            assert "timed out" in check.summary
+
+    def test_unexpected_exceptions_become_errors(self) -> None:
+        findings, *_ = self.run_checker(
+            "example.com:8448",
+            {("example.com", "A"): ["203.0.113.7"], ("example.com", "AAAA"): BOOM},
+            {("/_matrix/federation/v1/version", "*"): BOOM},
+            {"203.0.113.7": "ok"},
+        )
+        (version,) = [c for c in findings.checks if c.id == "federation.version"]
+        assert version.status is Status.FAIL
+        assert version.details["reason"] == "error"
+
+    def test_srv_servfail_no_targets(self) -> None:
+        findings, *_ = self.run_checker(
+            "example.com",
+            {
+                ("example.com", "A"): ["203.0.113.1"],
+                ("_matrix-fed._tcp.example.com", "SRV"): DnsOutcome.SERVFAIL,
+            },
+            {("/.well-known/matrix/server", "*"): (404, b"")},
+            {},
+        )
+        assert self.status(findings, "discovery.srv") == [Status.FAIL]
+        assert findings.targets == ()
+
+    def test_ip_literal(self) -> None:
+        findings, resolver, *_ = self.run_checker(
+            "[2001:db8::1]",
+            {},
+            {("/_matrix/federation/v1/version", "2001:db8::1"): VERSION},
+            {"2001:db8::1": "ok"},
+        )
+        assert resolver.queries == []
+        assert findings.targets[0].address == "[2001:db8::1]:8448"
+        assert findings.targets[0].host_header == "[2001:db8::1]"
+        assert findings.targets[0].sni == "2001:db8::1"
+
+    def test_invalid_server_name(self) -> None:
+        findings, *_ = self.run_checker("not a name", {}, {}, {})
+        assert findings.checks[0].status is Status.FAIL
