@@ -8,7 +8,7 @@ facade applies Synapse's logcontext rules around it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import attr
@@ -126,6 +126,8 @@ class CheckRunner:
         families: Callable[[], Sequence[CheckFamily]],
         federation_disabled: bool = False,
         notes: Sequence[str] = (),
+        follow_ups: Callable[[Mapping[str, Any], float], Sequence[CheckFamily]]
+        | None = None,
     ) -> None:
         self._reactor = reactor
         self._server_name = server_name
@@ -134,6 +136,7 @@ class CheckRunner:
         self._families = families
         self._federation_disabled = federation_disabled
         self._notes = tuple(notes)
+        self._follow_ups = follow_ups
 
     async def run(self) -> Report:
         started = self._reactor.seconds()
@@ -170,6 +173,35 @@ class CheckRunner:
             ],
             consumeErrors=True,
         )
+        facts: dict[str, Any] = {}
+        for outcome in outcomes:
+            facts.update(outcome.facts)
+        # Follow-ups need what the families found (e.g. the resolved targets)
+        # and share what is left of the one deadline.
+        remaining = max(0.0, self._timeout_s - (self._reactor.seconds() - started))
+        follow_ups: list[CheckFamily] = []
+        if self._follow_ups is not None:
+            try:
+                follow_ups = list(self._follow_ups(facts, remaining))
+            except Exception as e:
+                checks.append(
+                    fail(
+                        "follow_up",
+                        f"the follow-up checks could not start: {e}"[:300],
+                        fix="This is a bug in synapse-fedhealth; please report it.",
+                        details={"reason": "error"},
+                    )
+                )
+        if follow_ups:
+            outcomes += await defer.gatherResults(
+                [
+                    defer.ensureDeferred(
+                        _run_family_bounded(self._reactor, family, remaining)
+                    )
+                    for family in follow_ups
+                ],
+                consumeErrors=True,
+            )
         federation_tester: dict[str, Any] = {}
         for outcome in outcomes:
             checks.extend(outcome.checks)

@@ -156,7 +156,6 @@ def judge_forwarded_headers(
     *,
     sent_host: str,
     sent_scheme: str = "https",
-    sent_port: int | None = None,
     listeners: Sequence[ListenerInfo] = (),
     request: Mapping[str, Any],
     target: str | None = None,
@@ -179,13 +178,15 @@ def judge_forwarded_headers(
     where = _listener_name(record, listener)
     details["listener"] = where
 
-    port = sent_port if sent_port is not None else DEFAULT_PORTS.get(sent_scheme)
+    # An HTTP proxy shows itself by its headers, or by terminating TLS in
+    # front of a plain listener. A different port alone proves nothing: NAT
+    # port forwarding and TCP (SNI) passthrough can't add headers, and
+    # Synapse then sees the real client anyway.
     proxied = (
         record.x_forwarded_for is not None
         or record.x_forwarded_proto is not None
         or record.forwarded is not None
         or (sent_scheme == "https" and not record.tls)
-        or (record.listener_port is not None and record.listener_port != port)
     )
     details["proxied"] = proxied
 

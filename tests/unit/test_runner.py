@@ -182,3 +182,59 @@ class FamiliesFactoryTests(SynchronousTestCase):
         report = self.successResultOf(defer.ensureDeferred(runner.run()))
         self.assertEqual([c.id for c in report.checks], ["config.x", "network"])
         self.assertEqual(report.checks[1].details["reason"], "error")
+
+
+class FollowUpFamily:
+    name = "follow"
+    check_ids: Sequence[str] = ("d.one",)
+
+    def __init__(self, seen: object) -> None:
+        self.seen = seen
+
+    async def run(self) -> FamilyOutcome:
+        return FamilyOutcome(checks=(ok("d.one", f"saw {self.seen}"),))
+
+
+class FactsFamily:
+    name = "facts"
+    check_ids: Sequence[str] = ("e.one",)
+
+    def __init__(self, reactor: MemoryReactorClock) -> None:
+        self.reactor = reactor
+
+    async def run(self) -> FamilyOutcome:
+        d: defer.Deferred[None] = defer.Deferred()
+        self.reactor.callLater(4, d.callback, None)
+        await d
+        return FamilyOutcome(checks=(ok("e.one", "x"),), facts={"targets": ["t1"]})
+
+
+class FollowUpTests(SynchronousTestCase):
+    def test_follow_ups_get_facts_and_the_remaining_budget(self) -> None:
+        reactor = MemoryReactorClock()
+        budgets: list[float] = []
+
+        def follow_ups(facts: object, remaining: float) -> list[CheckFamily]:
+            budgets.append(remaining)
+            assert isinstance(facts, dict)
+            return [FollowUpFamily(facts["targets"]), HangingFamily()]
+
+        runner = CheckRunner(
+            reactor=reactor,
+            server_name="x",
+            timeout_s=10,
+            static_checks=lambda: [],
+            families=lambda: [FactsFamily(reactor)],
+            follow_ups=follow_ups,
+        )
+        d = defer.ensureDeferred(runner.run())
+        reactor.advance(4)
+        self.assertEqual(budgets, [6.0])
+        self.assertNoResult(d)
+        # The hanging follow-up is cut at the end of the one deadline.
+        reactor.advance(6.6)
+        report = self.successResultOf(d)
+        by_id = {c.id: c for c in report.checks}
+        self.assertEqual(by_id["d.one"].summary, "saw ['t1']")
+        self.assertEqual(by_id["a.one"].details["reason"], "timeout")
+        self.assertLessEqual(report.duration_ms, 10600)

@@ -20,6 +20,7 @@ are not stopped by `close()`, but the borrowed DNS server's zone is cleared.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,13 +49,14 @@ class Lab:
         *,
         pki: Pki | None = None,
         dns: DnsServer | None = None,
-        peer: PeerSynapse | None = None,
+        peer: PeerSynapse | Callable[[], PeerSynapse] | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._pki = pki
         self._dns = dns
-        self._peer = peer
+        self._peer: PeerSynapse | None = peer if isinstance(peer, PeerSynapse) else None
+        self._peer_provider = None if isinstance(peer, PeerSynapse) else peer
         self._owns_dns = dns is None
         self._owns_peer = peer is None
         self._nginx: Nginx | None = None
@@ -111,6 +113,12 @@ class Lab:
         self, *names: str, variant: CertVariant | str = CertVariant.VALID, days: int | None = None
     ) -> CertFiles:
         return self.pki.issue(*names, variant=variant, days=days)
+
+    def server_name(self, label: str = "hs") -> str:
+        """A server name in the fake zone that no other test uses
+        (`<label>-<random>.test`): a peer shared between tests caches what it
+        learnt about a name (well-known, keys), so give each scenario its own."""
+        return f"{label}-{secrets.token_hex(3)}.test"
 
     # -- DNS -------------------------------------------------------------------
 
@@ -188,6 +196,8 @@ class Lab:
     def peer(self) -> PeerSynapse:
         """The peer Synapse (started on first use) that resolves through the
         lab's DNS server and trusts the lab's CA."""
+        if self._peer is None and self._peer_provider is not None:
+            self._peer = self._peer_provider()
         if self._peer is None:
             if self.dns.port != 53:
                 raise RuntimeError("the peer Synapse needs the lab's DNS server on port 53 (root)")
@@ -225,7 +235,10 @@ class Lab:
         if self._netns is not None:
             steps.append(self._netns.close)
         if self._dns is not None:
-            steps.append(self._dns.stop if self._owns_dns else self._dns.clear)
+            if self._owns_dns:
+                steps.append(self._dns.stop)
+            else:
+                steps += [self._dns.clear, self._dns.clear_queries]
         for step in steps:
             try:
                 step()
