@@ -61,11 +61,16 @@ ensure_test_tools() {
     command -v nft >/dev/null || [ -x /usr/sbin/nft ] || missing+=(nftables)
     command -v ip >/dev/null || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing+=(iproute2)
     command -v openssl >/dev/null || missing+=(openssl)
-    if [ "${#missing[@]}" -gt 0 ]; then
-        apt_install "${missing[@]}" || {
-            echo "could not install ${missing[*]}; tests that need them will fail or skip" >&2
-        }
-    fi
+    [ "${#missing[@]}" -gt 0 ] || return 0
+    apt_install "${missing[@]}" && return 0
+    # One by one, so that one unknown name does not block the others.
+    local pkg
+    for pkg in "${missing[@]}"; do
+        apt_install "$pkg" && continue
+        # nginx-light is a transitional or missing package on newer releases.
+        [ "$pkg" = nginx-light ] && apt_install nginx && continue
+        echo "could not install $pkg; the tests that need it will fail" >&2
+    done
 }
 
 # ensure_venv: $REPO/.venv with the project and its extras ("test,lint" by default).
@@ -77,6 +82,15 @@ ensure_venv() {
         rm -rf "$VENV"
         "$PYTHON" -m venv "$VENV"
     fi
+    # Editable install: code changes need no reinstall, only pyproject.toml does.
+    local stamp="$VENV/.synapse-fedhealth-installed"
+    local want
+    want="$(cat "$REPO/pyproject.toml" - <<<"$REPO $extras" | sha256sum | cut -d' ' -f1)"
+    if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] \
+        && (cd / && "$VENV/bin/python" -c 'import synapse_fedhealth') 2>/dev/null; then
+        return 0
+    fi
     say "pip install -e '.[$extras]'"
-    "$VENV/bin/python" -m pip install -q -e "$REPO[$extras]"
+    "$VENV/bin/python" -m pip install -q -e "$REPO[$extras]" || return 1
+    printf '%s\n' "$want" >"$stamp"
 }

@@ -535,6 +535,7 @@ def check_srv(
             details=details,
         )
     if decision.kind == "unavailable":
+        details["reason"] = "unavailable"
         return fail(
             SRV,
             f'{fed_name if decision.fed.srv else SRV_LEGACY_PREFIX + decision.name} has target "." : the service is declared unavailable',
@@ -550,6 +551,7 @@ def check_srv(
     records = ", ".join(f"{r.target}:{r.port}" for r in decision.records)
     if cname_targets:
         details["cname_targets"] = [list(p) for p in cname_targets]
+        details["reason"] = "cname_target"
         aliases = ", ".join(f"{a} -> {t}" for a, t in cname_targets)
         return warn(
             SRV,

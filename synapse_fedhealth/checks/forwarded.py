@@ -32,8 +32,8 @@ DEFAULT_PORTS = {"https": 443, "http": 80}
 
 FIX_XFF = (
     "Make the proxy send the client address: nginx `proxy_set_header "
-    "X-Forwarded-For $remote_addr;`; Apache `ProxyPreserveHost On` (mod_proxy "
-    "adds X-Forwarded-For); Caddy and Traefik send it by default."
+    "X-Forwarded-For $remote_addr;`; Apache mod_proxy_http sends it unless "
+    "`ProxyAddHeaders Off`; Caddy and Traefik send it by default."
 )
 FIX_XFP = (
     "Make the proxy send the scheme: nginx `proxy_set_header X-Forwarded-Proto "

@@ -188,7 +188,10 @@ class ThreadedDnsResolver:
             return DnsResult(qname=qname, rdtype=rdtype, outcome=DnsOutcome.NXDOMAIN)
         except dns.resolver.NoNameservers as e:
             return DnsResult(
-                qname=qname, rdtype=rdtype, outcome=DnsOutcome.SERVFAIL, error=_short(e)
+                qname=qname,
+                rdtype=rdtype,
+                outcome=DnsOutcome.SERVFAIL,
+                error=_describe_no_nameservers(e),
             )
         except dns.exception.Timeout as e:
             return DnsResult(
@@ -250,6 +253,24 @@ def result_from_response(
         cnames=tuple(cnames),
         truncated=truncated,
     )
+
+
+def _describe_no_nameservers(e: dns.resolver.NoNameservers) -> str:
+    errors = e.kwargs.get("errors") or []
+    truncated = any(
+        isinstance(err, tuple)
+        and len(err) > 3
+        and isinstance(err[3], dns.message.Truncated)
+        for err in errors
+    )
+    if truncated:
+        return _short(
+            Exception(
+                "the answer over UDP was truncated (TC) and the retry over TCP failed: "
+                + str(e)
+            )
+        )
+    return _short(e)
 
 
 def _short(e: BaseException, limit: int = 300) -> str:

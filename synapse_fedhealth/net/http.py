@@ -69,6 +69,7 @@ ERR_NO_ADDRESS = "no_address"
 ERR_TLS = "tls"  # handshake failed (garbage, protocol mismatch, plain HTTP)
 ERR_CERTIFICATE = "certificate"  # our verification refused the chain; see tls_reason
 ERR_TOO_LARGE = "too_large"
+ERR_TRUNCATED = "truncated"  # the connection closed in the middle of the body
 ERR_REDIRECT_LOOP = "redirect_loop"
 ERR_REDIRECT_SCHEME = "redirect_scheme"
 ERR_TOO_MANY_REDIRECTS = "too_many_redirects"
@@ -153,6 +154,10 @@ class BodyTooLarge(Exception):
     pass
 
 
+class BodyTruncated(Exception):
+    pass
+
+
 class _BoundedBodyCollector(TwistedProtocol):
     def __init__(self, done: defer.Deferred[bytes], max_bytes: int) -> None:
         self._done = done
@@ -182,6 +187,14 @@ class _BoundedBodyCollector(TwistedProtocol):
 
         if reason.check(ResponseDone, PotentialDataLoss):
             self._done.callback(b"".join(self._chunks))
+        elif reason.check(ResponseFailed, error.ConnectionLost, error.ConnectionDone):
+            # Content-Length or chunked framing promised more than arrived.
+            self._done.errback(
+                BodyTruncated(
+                    f"the connection closed after {self._size} bytes of the body, "
+                    "before the end the response announced"
+                )
+            )
         else:
             self._done.errback(reason)
 
@@ -195,6 +208,15 @@ def read_body(response: Any, max_bytes: int) -> defer.Deferred[bytes]:
         if transport is not None:
             transport.stopProducing()
 
+    length = getattr(response, "length", None)
+    if isinstance(length, int) and length > max_bytes:
+        # Announced too large: don't wait for it (it may also be slow).
+        response.deliverBody(_Discard())
+        return defer.fail(
+            BodyTooLarge(
+                f"the body is larger than {max_bytes} bytes (Content-Length: {length})"
+            )
+        )
     done: defer.Deferred[bytes] = defer.Deferred(_cancel)
     collector = _BoundedBodyCollector(done, max_bytes)
     response.deliverBody(collector)
@@ -228,8 +250,8 @@ class _FirstReachableEndpoint:
             endpoint: Any = wrapClientTLS(self._creator, tcp)
             try:
                 proto = await endpoint.connect(factory)
-            except defer.CancelledError:
-                raise
+            except (defer.CancelledError, error.ConnectingCancelledError):
+                raise  # the deadline: don't go on to the next address
             except Exception as e:
                 first_error = first_error or e
                 continue
@@ -544,8 +566,16 @@ def classify_failure(exc: BaseException) -> tuple[str, str, str | None]:
         return ERR_NO_ADDRESS, str(cause), None
     if isinstance(cause, BodyTooLarge):
         return ERR_TOO_LARGE, str(cause), None
+    if isinstance(cause, BodyTruncated):
+        return ERR_TRUNCATED, str(cause), None
     if isinstance(
-        cause, (defer.TimeoutError, defer.CancelledError, error.TimeoutError)
+        cause,
+        (
+            defer.TimeoutError,
+            defer.CancelledError,
+            error.TimeoutError,
+            error.ConnectingCancelledError,
+        ),
     ):
         return ERR_TIMEOUT, "timed out", None
     from OpenSSL import SSL

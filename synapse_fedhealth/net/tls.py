@@ -515,7 +515,8 @@ class TwistedTlsProber:
         waiting.addTimeout(remaining, self._reactor)
         try:
             await waiting
-        except defer.TimeoutError:
+        except (defer.TimeoutError, defer.CancelledError):
+            # Our own timeout, or the run's deadline cancelling the probe.
             return attr.evolve(
                 base, handshake="timeout", handshake_error="the TLS handshake timed out"
             )

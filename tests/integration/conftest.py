@@ -168,6 +168,8 @@ def synapse(
         user = register_user(
             process.base_url, SHARED_SECRET, "user", "user-password", False
         )
+        # Let the start-up run finish, so that no test races it for the cache.
+        process.wait_for_log(SUMMARY_RE, SUMMARY_WAIT_S)
         yield RunningSynapse(
             process=process,
             client_url=process.base_url,

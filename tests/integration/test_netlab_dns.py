@@ -16,16 +16,20 @@ import pytest
 from tests.integration.netlab.dns_server import (
     Behaviour,
     DnsServer,
+    ZoneSpec,
     many_a,
     resolve,
     srv,
 )
 from tests.integration.netlab.loopback import is_loopback
 
-ZONE = {
+ZONE: ZoneSpec = {
     "example.test": {"A": ["127.80.0.1", "127.80.0.2"], "AAAA": ["::1"]},
     "_matrix-fed._tcp.example.test": {
-        "SRV": [srv(10, 5, 8448, "matrix.example.test"), (20, 0, 443, "alias.example.test")]
+        "SRV": [
+            srv(10, 5, 8448, "matrix.example.test"),
+            (20, 0, 443, "alias.example.test"),
+        ]
     },
     "matrix.example.test": {"A": "127.80.0.3"},
     "alias.example.test": {"CNAME": "matrix.example.test"},
@@ -50,7 +54,10 @@ def test_binds_loopback_udp_and_tcp(server: DnsServer) -> None:
     host, _, port = server.address.rpartition(":")
     assert (host, int(port)) == (server.host, server.port)
     assert sorted(resolve(server, "example.test")) == ["127.80.0.1", "127.80.0.2"]
-    assert sorted(resolve(server, "example.test", tcp=True)) == ["127.80.0.1", "127.80.0.2"]
+    assert sorted(resolve(server, "example.test", tcp=True)) == [
+        "127.80.0.1",
+        "127.80.0.2",
+    ]
     assert resolve(server, "EXAMPLE.test.", "AAAA") == ["::1"]
 
 

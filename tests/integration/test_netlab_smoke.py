@@ -98,6 +98,14 @@ def test_filtered_port_times_out(lab: Lab) -> None:
     assert tcp_connect(ip, 8449, timeout=1.0) == "refused"
     lab.netns.block_port(443, how="unreachable")
     assert tcp_connect(ip, 443, timeout=1.0) == "unreachable"
+    # The pure-loopback alternative.
+    lo_ip = lab.filtered_loopback(8448)
+    assert tcp_connect(lo_ip, 8448, timeout=1.0) == "timeout"
+    assert tcp_connect(lo_ip, 8449, timeout=1.0) == "refused"
+    # The namespace has an IPv6 address too (when the host has IPv6).
+    if lab.netns.ns_ip6:
+        assert tcp_connect(lab.netns.ns_ip6, 8448, timeout=1.0) == "timeout"
+        assert tcp_connect(lab.netns.ns_ip6, 8449, timeout=1.0) == "refused"
 
 
 def test_proxy_variants(
@@ -111,7 +119,9 @@ def test_proxy_variants(
     assert https_get(ip, 443, name, path, cafile=lab.ca_file).status == 200
 
     def served(proxy: ProxyVariant) -> int:
-        lab.serve_federation(name, upstream=target.upstream, ip=ip, proxy=proxy, replace=True)
+        lab.serve_federation(
+            name, upstream=target.upstream, ip=ip, proxy=proxy, replace=True
+        )
         return https_get(ip, 443, name, path, cafile=lab.ca_file).status
 
     assert served(ProxyVariant.UPSTREAM_DOWN) == 502

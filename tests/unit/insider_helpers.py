@@ -8,7 +8,11 @@ from typing import Any
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from signedjson.key import encode_verify_key_base64, generate_signing_key, get_verify_key
+from signedjson.key import (
+    encode_verify_key_base64,
+    generate_signing_key,
+    get_verify_key,
+)
 from signedjson.sign import sign_json
 
 from synapse_fedhealth.homeserver import SigningKeyInfo, TrustedKeyServerInfo
@@ -18,7 +22,10 @@ settings.register_profile(
     "dev", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.register_profile(
-    "ci", max_examples=10_000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    "ci",
+    max_examples=10_000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 PROPERTY_SETTINGS = settings.get_profile(
     os.environ.get("HYPOTHESIS_PROFILE", "dev")
@@ -44,7 +51,9 @@ def make_key(version: str = "a_AbCd") -> SigningKeyInfo:
     )
 
 
-def notary_info(key: SigningKeyInfo | None, name: str = NOTARY_NAME) -> TrustedKeyServerInfo:
+def notary_info(
+    key: SigningKeyInfo | None, name: str = NOTARY_NAME
+) -> TrustedKeyServerInfo:
     return TrustedKeyServerInfo(
         server_name=name,
         verify_keys=None if key is None else {key.key_id: key.verify_key_base64},
@@ -71,7 +80,9 @@ def key_response(
 
 def notarised(response: dict[str, Any], notary_key: SigningKeyInfo) -> dict[str, Any]:
     """A key response countersigned as remote_key_resource.py does."""
-    signed: dict[str, Any] = sign_json(dict(response), NOTARY_NAME, notary_key.signing_key)
+    signed: dict[str, Any] = sign_json(
+        dict(response), NOTARY_NAME, notary_key.signing_key
+    )
     return signed
 
 
@@ -82,7 +93,9 @@ json_values = st.recursive(
     | st.integers()
     | st.floats(allow_nan=False)
     | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(max_size=15), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5)
+        | st.dictionaries(st.text(max_size=15), children, max_size=5)
+    ),
     max_leaves=25,
 )

@@ -16,7 +16,12 @@ from synapse_fedhealth.checks.client_wellknown import (
     normalise_base_url,
 )
 from synapse_fedhealth.report import CheckResult, Status
-from tests.unit.insider_helpers import PROPERTY_SETTINGS, REQUEST, SERVER_NAME, json_values
+from tests.unit.insider_helpers import (
+    PROPERTY_SETTINGS,
+    REQUEST,
+    SERVER_NAME,
+    json_values,
+)
 
 BASE = "https://matrix.example.com/"
 CORS = {"access-control-allow-origin": ["*"], "content-type": ["application/json"]}
@@ -45,13 +50,41 @@ def judge(
 CASES: list[tuple[str, int, dict[str, list[str]], bytes, Status, list[str]]] = [
     ("good", 200, CORS, body_for(BASE), Status.OK, []),
     ("no trailing slash", 200, CORS, body_for(BASE.rstrip("/")), Status.OK, []),
-    ("case and port", 200, CORS, body_for("HTTPS://Matrix.Example.com:443"), Status.OK, []),
+    (
+        "case and port",
+        200,
+        CORS,
+        body_for("HTTPS://Matrix.Example.com:443"),
+        Status.OK,
+        [],
+    ),
     ("missing", 404, {}, b"<html>", Status.WARN, ["no client well-known"]),
     ("server error", 500, CORS, b"", Status.WARN, ["HTTP 500"]),
     ("not json", 200, CORS, b"<html>", Status.WARN, ["not a JSON object"]),
-    ("no base_url", 200, CORS, b'{"m.homeserver": {}}', Status.WARN, ["no `m.homeserver.base_url`"]),
-    ("base_url number", 200, CORS, body_for(5), Status.WARN, ["no `m.homeserver.base_url`"]),
-    ("other base_url", 200, CORS, body_for("https://other.example/"), Status.WARN, ["other.example"]),
+    (
+        "no base_url",
+        200,
+        CORS,
+        b'{"m.homeserver": {}}',
+        Status.WARN,
+        ["no `m.homeserver.base_url`"],
+    ),
+    (
+        "base_url number",
+        200,
+        CORS,
+        body_for(5),
+        Status.WARN,
+        ["no `m.homeserver.base_url`"],
+    ),
+    (
+        "other base_url",
+        200,
+        CORS,
+        body_for("https://other.example/"),
+        Status.WARN,
+        ["other.example"],
+    ),
     (
         "no CORS",
         200,
@@ -109,7 +142,9 @@ def test_unset_public_baseurl_compares_with_synapse_default() -> None:
 
 
 def test_errors_warn_never_fail() -> None:
-    result = judge_client_well_known_error("timeout", "", server_name=SERVER_NAME, request=REQUEST)
+    result = judge_client_well_known_error(
+        "timeout", "", server_name=SERVER_NAME, request=REQUEST
+    )
     assert result.status is Status.WARN
     assert result.details["reason"] == "timeout"
     assert "timed out" in result.summary

@@ -50,7 +50,9 @@ GOOD_DIRECT = EchoRecord(
 )
 
 
-def judge(record: EchoRecord | None, *, status: int = 200, body: bytes | None = None) -> CheckResult:
+def judge(
+    record: EchoRecord | None, *, status: int = 200, body: bytes | None = None
+) -> CheckResult:
     if body is None:
         body = json.dumps(record.to_json() if record else {}).encode()
     return judge_forwarded_headers(
@@ -66,7 +68,12 @@ def judge(record: EchoRecord | None, *, status: int = 200, body: bytes | None = 
 CASES: list[tuple[str, EchoRecord, Status, list[str]]] = [
     ("proxied, all good", GOOD_PROXIED, Status.OK, []),
     ("direct TLS, all good", GOOD_DIRECT, Status.OK, []),
-    ("host with default port", attr.evolve(GOOD_PROXIED, host=HOST + ":443"), Status.OK, []),
+    (
+        "host with default port",
+        attr.evolve(GOOD_PROXIED, host=HOST + ":443"),
+        Status.OK,
+        [],
+    ),
     (
         "no X-Forwarded-For",
         attr.evolve(GOOD_PROXIED, x_forwarded_for=None),
@@ -106,7 +113,11 @@ CASES: list[tuple[str, EchoRecord, Status, list[str]]] = [
             listener_x_forwarded=False,
         ),
         Status.WARN,
-        ["X-Forwarded-For did not arrive", "X-Forwarded-Proto did not arrive", "`x_forwarded` off"],
+        [
+            "X-Forwarded-For did not arrive",
+            "X-Forwarded-Proto did not arrive",
+            "`x_forwarded` off",
+        ],
     ),
     (
         "x_forwarded on without a proxy",
@@ -118,7 +129,9 @@ CASES: list[tuple[str, EchoRecord, Status, list[str]]] = [
 
 
 @pytest.mark.parametrize(
-    ("record", "expected", "fragments"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+    ("record", "expected", "fragments"),
+    [c[1:] for c in CASES],
+    ids=[c[0] for c in CASES],
 )
 def test_judgement(record: EchoRecord, expected: Status, fragments: list[str]) -> None:
     result = judge(record)
@@ -181,7 +194,15 @@ def test_property_any_json(obj: Any) -> None:
 @given(
     fields=st.dictionaries(
         st.sampled_from(
-            ["x_forwarded_for", "x_forwarded_proto", "host", "peer", "tls", "listener", "forwarded"]
+            [
+                "x_forwarded_for",
+                "x_forwarded_proto",
+                "host",
+                "peer",
+                "tls",
+                "listener",
+                "forwarded",
+            ]
         ),
         json_values,
     ),

@@ -8,7 +8,10 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from synapse_fedhealth.checks.keys_local import KEY_MATCHES_LOCAL, judge_key_matches_local
+from synapse_fedhealth.checks.keys_local import (
+    KEY_MATCHES_LOCAL,
+    judge_key_matches_local,
+)
 from synapse_fedhealth.report import CheckResult, Status
 from tests.unit.insider_helpers import (
     PROPERTY_SETTINGS,
@@ -27,7 +30,11 @@ VALID = 1_900_000_000_000
 
 def judge(served: object) -> CheckResult:
     return judge_key_matches_local(
-        served, server_name=SERVER_NAME, signing_keys=(OURS,), request=REQUEST, target=TARGET
+        served,
+        server_name=SERVER_NAME,
+        signing_keys=(OURS,),
+        request=REQUEST,
+        target=TARGET,
     )
 
 
@@ -117,11 +124,17 @@ def test_property_any_json(served: Any) -> None:
 @given(
     server_name=st.just(SERVER_NAME) | json_values,
     verify_keys=json_values
-    | st.dictionaries(st.text(max_size=12), st.fixed_dictionaries({"key": json_values}), max_size=3),
+    | st.dictionaries(
+        st.text(max_size=12), st.fixed_dictionaries({"key": json_values}), max_size=3
+    ),
     old=json_values,
 )
 def test_property_keyish_json(server_name: Any, verify_keys: Any, old: Any) -> None:
-    served = {"server_name": server_name, "verify_keys": verify_keys, "old_verify_keys": old}
+    served = {
+        "server_name": server_name,
+        "verify_keys": verify_keys,
+        "old_verify_keys": old,
+    }
     result = judge(served)
     _assert_result(result)
     assert result.status is not Status.OK

@@ -48,7 +48,9 @@ def answer(*entries: dict[str, Any]) -> bytes:
     return json.dumps({"server_keys": list(entries)}).encode()
 
 
-def judge(body: bytes, *, status: int = 200, notary: TrustedKeyServerInfo | None = None) -> CheckResult:
+def judge(
+    body: bytes, *, status: int = 200, notary: TrustedKeyServerInfo | None = None
+) -> CheckResult:
     return judge_notary_answer(
         status,
         {"content-type": ["application/json"]},
@@ -62,7 +64,9 @@ def judge(body: bytes, *, status: int = 200, notary: TrustedKeyServerInfo | None
 
 
 def fresh_entry(**kw: Any) -> dict[str, Any]:
-    return notarised(key_response(SERVER_NAME, OUR_KEY, valid_until_ts=FRESH, **kw), NOTARY_KEY)
+    return notarised(
+        key_response(SERVER_NAME, OUR_KEY, valid_until_ts=FRESH, **kw), NOTARY_KEY
+    )
 
 
 def test_fresh_key_is_ok() -> None:
@@ -77,7 +81,9 @@ def test_fresh_key_is_ok() -> None:
 
 
 def test_stale_key_fails() -> None:
-    entry = notarised(key_response(SERVER_NAME, OUR_KEY, valid_until_ts=MINIMUM - 1), NOTARY_KEY)
+    entry = notarised(
+        key_response(SERVER_NAME, OUR_KEY, valid_until_ts=MINIMUM - 1), NOTARY_KEY
+    )
     result = judge(answer(entry))
     assert result.status is Status.FAIL
     assert result.details["reason"] == "stale"
@@ -85,7 +91,9 @@ def test_stale_key_fails() -> None:
 
 
 def test_freshest_of_several_entries_is_judged() -> None:
-    stale = notarised(key_response(SERVER_NAME, OUR_KEY, valid_until_ts=NOW), NOTARY_KEY)
+    stale = notarised(
+        key_response(SERVER_NAME, OUR_KEY, valid_until_ts=NOW), NOTARY_KEY
+    )
     result = judge(answer(stale, fresh_entry()))
     assert result.status is Status.OK
 
@@ -97,12 +105,16 @@ def test_no_keys_fails() -> None:
 
 
 def test_keys_of_other_servers_only_fail() -> None:
-    entry = notarised(key_response("other.org", OTHER_KEY, valid_until_ts=FRESH), NOTARY_KEY)
+    entry = notarised(
+        key_response("other.org", OTHER_KEY, valid_until_ts=FRESH), NOTARY_KEY
+    )
     assert judge(answer(entry)).details["reason"] == "no_keys"
 
 
 def test_other_key_id_fails_naming_both() -> None:
-    entry = notarised(key_response(SERVER_NAME, OTHER_KEY, valid_until_ts=FRESH), NOTARY_KEY)
+    entry = notarised(
+        key_response(SERVER_NAME, OTHER_KEY, valid_until_ts=FRESH), NOTARY_KEY
+    )
     result = judge(answer(entry))
     assert result.status is Status.FAIL
     assert result.details["reason"] == "other_key"
@@ -112,7 +124,8 @@ def test_other_key_id_fails_naming_both() -> None:
 def test_our_key_only_as_old_key_fails() -> None:
     old = {OUR_KEY.key_id: {"key": OUR_KEY.verify_key_base64, "expired_ts": NOW}}
     entry = notarised(
-        key_response(SERVER_NAME, OTHER_KEY, valid_until_ts=FRESH, old_keys=old), NOTARY_KEY
+        key_response(SERVER_NAME, OTHER_KEY, valid_until_ts=FRESH, old_keys=old),
+        NOTARY_KEY,
     )
     result = judge(answer(entry))
     assert result.status is Status.FAIL
@@ -121,7 +134,9 @@ def test_our_key_only_as_old_key_fails() -> None:
 
 def test_same_key_id_other_key_bytes_fails() -> None:
     impostor = make_key("a_ours")  # same id, another key pair
-    entry = notarised(key_response(SERVER_NAME, impostor, valid_until_ts=FRESH), NOTARY_KEY)
+    entry = notarised(
+        key_response(SERVER_NAME, impostor, valid_until_ts=FRESH), NOTARY_KEY
+    )
     result = judge(answer(entry))
     assert result.status is Status.FAIL
     assert result.details["reason"] == "key_mismatch"
@@ -136,14 +151,18 @@ def test_broken_self_signature_fails() -> None:
 
 
 def test_bad_notary_signature_warns() -> None:
-    forged = notarised(key_response(SERVER_NAME, OUR_KEY, valid_until_ts=FRESH), make_key("n_1"))
+    forged = notarised(
+        key_response(SERVER_NAME, OUR_KEY, valid_until_ts=FRESH), make_key("n_1")
+    )
     result = judge(answer(forged))
     assert result.status is Status.WARN
     assert result.details["reason"] == "notary_signature"
 
 
 def test_wrong_notary_key_id_warns() -> None:
-    entry = notarised(key_response(SERVER_NAME, OUR_KEY, valid_until_ts=FRESH), make_key("n_2"))
+    entry = notarised(
+        key_response(SERVER_NAME, OUR_KEY, valid_until_ts=FRESH), make_key("n_2")
+    )
     result = judge(answer(entry))
     assert result.status is Status.WARN
     assert "n_2" in result.summary
@@ -162,13 +181,21 @@ def test_signature_not_checked_without_verify_keys() -> None:
 
 
 def test_content_problem_wins_over_notary_signature_problem() -> None:
-    stale = notarised(key_response(SERVER_NAME, OUR_KEY, valid_until_ts=NOW), make_key("n_1"))
+    stale = notarised(
+        key_response(SERVER_NAME, OUR_KEY, valid_until_ts=NOW), make_key("n_1")
+    )
     assert judge(answer(stale)).status is Status.FAIL
 
 
 @pytest.mark.parametrize(
     ("status", "body"),
-    [(500, b"oops"), (404, b'{"errcode": "M_UNRECOGNIZED"}'), (200, b"<html>"), (200, b"[]"), (200, b'{"server_keys": {}}')],
+    [
+        (500, b"oops"),
+        (404, b'{"errcode": "M_UNRECOGNIZED"}'),
+        (200, b"<html>"),
+        (200, b"[]"),
+        (200, b'{"server_keys": {}}'),
+    ],
 )
 def test_unusable_notary_answers_warn(status: int, body: bytes) -> None:
     result = judge(body, status=status)
@@ -181,7 +208,9 @@ def test_timeout_fails_and_unreachable_warns() -> None:
     timeout = judge_notary_error("timeout", "", notary=notary, request=REQUEST)
     assert timeout.status is Status.FAIL and timeout.details["reason"] == "timeout"
     assert "timed out" in timeout.summary
-    refused = judge_notary_error("refused", "Connection refused", notary=notary, request=REQUEST)
+    refused = judge_notary_error(
+        "refused", "Connection refused", notary=notary, request=REQUEST
+    )
     assert refused.status is Status.WARN and refused.fix
 
 
@@ -217,7 +246,9 @@ def test_notary_signature_agrees_with_synapse(good: bool) -> None:
 
 
 def _snapshot(**kw: Any) -> HomeserverSnapshot:
-    return HomeserverSnapshot(server_name=SERVER_NAME, public_baseurl=None, listeners=(), **kw)
+    return HomeserverSnapshot(
+        server_name=SERVER_NAME, public_baseurl=None, listeners=(), **kw
+    )
 
 
 def test_plan() -> None:
@@ -266,10 +297,13 @@ _entryish = st.fixed_dictionaries(
     {
         "server_name": st.just(SERVER_NAME) | st.text(max_size=5),
         "valid_until_ts": json_values,
-        "verify_keys": st.just({OUR_KEY.key_id: {"key": OUR_KEY.verify_key_base64}}) | json_values,
+        "verify_keys": st.just({OUR_KEY.key_id: {"key": OUR_KEY.verify_key_base64}})
+        | json_values,
         "old_verify_keys": json_values,
         "signatures": json_values
-        | st.just({SERVER_NAME: {OUR_KEY.key_id: "AAAA"}, NOTARY_NAME: {NOTARY_KEY.key_id: 1}}),
+        | st.just(
+            {SERVER_NAME: {OUR_KEY.key_id: "AAAA"}, NOTARY_NAME: {NOTARY_KEY.key_id: 1}}
+        ),
     }
 )
 

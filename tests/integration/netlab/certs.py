@@ -46,7 +46,9 @@ class CertVariant(str, enum.Enum):
     WRONG_NAME = "wrong_name"  # SANs for other names ("wrong-name.<name>")
     SELF_SIGNED = "self_signed"  # a leaf that is its own issuer
     UNTRUSTED_CA = "untrusted_ca"  # root + intermediate that nobody trusts
-    MISSING_INTERMEDIATE = "missing_intermediate"  # valid, served without the intermediate
+    MISSING_INTERMEDIATE = (
+        "missing_intermediate"  # valid, served without the intermediate
+    )
     EXPIRING_SOON = "expiring_soon"  # notAfter in `days` days (default 3)
 
 
@@ -94,7 +96,9 @@ def _self_signed(
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName([_san(n) for n in names]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([_san(n) for n in names]), critical=False
+        )
         .add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
         )
@@ -150,19 +154,27 @@ class Pki:
         not_before = now - datetime.timedelta(days=1)
         not_after = now + datetime.timedelta(days=days or VALID_DAYS)
         if v is CertVariant.EXPIRED:
-            not_before, not_after = now - datetime.timedelta(days=91), now - datetime.timedelta(days=1)
+            not_before, not_after = (
+                now - datetime.timedelta(days=91),
+                now - datetime.timedelta(days=1),
+            )
         elif v is CertVariant.NOT_YET_VALID:
             not_before = now + datetime.timedelta(days=1)
         elif v is CertVariant.EXPIRING_SOON:
-            not_after = now + datetime.timedelta(days=DEFAULT_EXPIRING_DAYS if days is None else days)
+            not_after = now + datetime.timedelta(
+                days=DEFAULT_EXPIRING_DAYS if days is None else days
+            )
         cert_names = tuple(names)
         if v is CertVariant.WRONG_NAME:
             cert_names = tuple(
-                f"wrong-name.{n}" if not _is_ip(n) else "wrong-name.invalid" for n in names
+                f"wrong-name.{n}" if not _is_ip(n) else "wrong-name.invalid"
+                for n in names
             )
 
         self._count += 1
-        stem = self.directory / f"{self._count:03d}-{_safe(label or names[0])}-{v.value}"
+        stem = (
+            self.directory / f"{self._count:03d}-{_safe(label or names[0])}-{v.value}"
+        )
         key_path = stem.with_name(stem.name + ".key")
         leaf_path = stem.with_name(stem.name + ".crt")
         full_path = stem.with_name(stem.name + ".fullchain.pem")
@@ -174,7 +186,11 @@ class Pki:
             full_path.write_bytes(cert_pem)
             served = full_path
         else:
-            issuer = self._untrusted() if v is CertVariant.UNTRUSTED_CA else self.intermediate
+            issuer = (
+                self._untrusted()
+                if v is CertVariant.UNTRUSTED_CA
+                else self.intermediate
+            )
             leaf = issuer.issue_cert(
                 *cert_names, not_before=not_before, not_after=not_after
             )

@@ -117,13 +117,13 @@ def _name(name: str | dns.name.Name) -> dns.name.Name:
     return dns.name.from_text(_absolute(name))
 
 
-def _rdtype(rdtype: str | int) -> int:
+def _rdtype(rdtype: str | int) -> dns.rdatatype.RdataType:
     if isinstance(rdtype, int):
-        return rdtype
-    return int(dns.rdatatype.from_text(rdtype.upper()))
+        return dns.rdatatype.RdataType.make(rdtype)
+    return dns.rdatatype.from_text(rdtype.upper())
 
 
-def _to_rdata(rdtype: int, value: Any) -> dns.rdata.Rdata:
+def _to_rdata(rdtype: dns.rdatatype.RdataType, value: Any) -> dns.rdata.Rdata:
     if isinstance(value, dns.rdata.Rdata):
         return value
     if rdtype == dns.rdatatype.SRV and isinstance(value, (tuple, list)):
@@ -439,7 +439,9 @@ class DnsServer:
             response.flags |= dns.flags.TC
         return self._wire(query, response, transport), delay
 
-    def _fill(self, response: dns.message.Message, qname: dns.name.Name, qtype: int) -> None:
+    def _fill(
+        self, response: dns.message.Message, qname: dns.name.Name, qtype: int
+    ) -> None:
         """Put the answer for (qname, qtype) into `response`, following CNAMEs
         inside the zone. Called with the lock held."""
         name = qname
@@ -456,9 +458,7 @@ class DnsServer:
             for t in types:
                 rdatas = entry.rdatas.get(t)
                 if rdatas:
-                    response.answer.append(
-                        dns.rrset.from_rdata_list(name, ttl, rdatas)
-                    )
+                    response.answer.append(dns.rrset.from_rdata_list(name, ttl, rdatas))
                     found = True
             if found:
                 return
@@ -473,7 +473,9 @@ class DnsServer:
             name = target
 
     @staticmethod
-    def _wire(query: dns.message.Message, response: dns.message.Message, transport: str) -> bytes:
+    def _wire(
+        query: dns.message.Message, response: dns.message.Message, transport: str
+    ) -> bytes:
         if transport == "udp":
             max_size = (
                 max(UDP_PLAIN_MAX, min(query.payload, TCP_MAX))
@@ -542,7 +544,9 @@ class DnsServer:
             )
             thread.start()
 
-    def _recv_exact(self, conn: socket.socket, count: int, deadline: float) -> bytes | None:
+    def _recv_exact(
+        self, conn: socket.socket, count: int, deadline: float
+    ) -> bytes | None:
         data = b""
         while len(data) < count:
             if self._stopping.is_set() or time.monotonic() >= deadline:

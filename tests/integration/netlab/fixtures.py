@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from . import leftovers
 from .certs import Pki
 from .dns_server import DnsServer
 from .lab import Lab, start_dns_server
@@ -54,6 +55,7 @@ def netlab_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 @pytest.fixture(scope="session")
 def netlab_dns() -> Iterator[DnsServer]:
+    leftovers.sweep()  # what a killed earlier run left behind
     server = start_dns_server()
     try:
         yield server
@@ -71,7 +73,9 @@ class _LazyPeer:
     def get(self) -> PeerSynapse:
         if self.peer is None:
             if self.dns.port != 53:
-                pytest.skip("the peer Synapse needs the lab's DNS server on port 53 (root)")
+                pytest.skip(
+                    "the peer Synapse needs the lab's DNS server on port 53 (root)"
+                )
             self.peer = PeerSynapse(
                 self.directory, dns_ip=self.dns.host, ca_file=self.pki.ca_file
             ).start()

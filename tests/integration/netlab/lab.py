@@ -20,15 +20,17 @@ are not stopped by `close()`, but the borrowed DNS server's zone is cleared.
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import leftovers
 from .certs import CertFiles, CertVariant, Pki
 from .dns_server import DnsServer, ZoneSpec
 from .loopback import free_loopback_ip
-from .netns import Netns
+from .netns import LoopbackFilter, Netns
 from .nginx import Nginx, ProxyVariant, Vhost, WellKnown, well_known_server
 from .peer import PeerSynapse
 
@@ -53,6 +55,7 @@ class Lab:
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        leftovers.sweep()  # what a killed earlier run left behind
         self._pki = pki
         self._dns = dns
         self._peer: PeerSynapse | None = peer if isinstance(peer, PeerSynapse) else None
@@ -110,7 +113,10 @@ class Lab:
         return self._ips[label]
 
     def cert(
-        self, *names: str, variant: CertVariant | str = CertVariant.VALID, days: int | None = None
+        self,
+        *names: str,
+        variant: CertVariant | str = CertVariant.VALID,
+        days: int | None = None,
     ) -> CertFiles:
         return self.pki.issue(*names, variant=variant, days=days)
 
@@ -118,7 +124,8 @@ class Lab:
         """A server name in the fake zone that no other test uses
         (`<label>-<random>.test`): a peer shared between tests caches what it
         learnt about a name (well-known, keys), so give each scenario its own."""
-        return f"{label}-{secrets.token_hex(3)}.test"
+        clean = re.sub(r"[^a-z0-9-]", "-", label.lower()).strip("-") or "hs"
+        return f"{clean[:40]}-{secrets.token_hex(3)}.test"
 
     # -- DNS -------------------------------------------------------------------
 
@@ -162,7 +169,11 @@ class Lab:
         address = ip or self.ip(server_name)
         if cert is None:
             cert = self.cert(server_name, variant=cert_variant)
-        wk = well_known_server(f"{server_name}:{ports[0]}") if well_known == "auto" else well_known
+        wk = (
+            well_known_server(f"{server_name}:{ports[0]}")
+            if well_known == "auto"
+            else well_known
+        )
         if isinstance(wk, str):
             raise ValueError("well_known: a WellKnown, None or 'auto'")
         if dns:
@@ -191,6 +202,15 @@ class Lab:
             self.netns.block_port(port, how=how)
         return self.netns.ns_ip
 
+    def filtered_loopback(self, port: int = 8448, how: str = "drop") -> str:
+        """The pure-loopback alternative: a 127.x.y.z of its own where TCP to
+        `port` is dropped by an nftables table on the host's `lo` (removed at
+        close())."""
+        ip = self.ip(f"filtered-loopback-{port}-{how}")
+        rule = LoopbackFilter(ip, port, how).create()
+        self.on_close(rule.close)
+        return ip
+
     # -- the peer --------------------------------------------------------------
 
     def peer(self) -> PeerSynapse:
@@ -200,7 +220,9 @@ class Lab:
             self._peer = self._peer_provider()
         if self._peer is None:
             if self.dns.port != 53:
-                raise RuntimeError("the peer Synapse needs the lab's DNS server on port 53 (root)")
+                raise RuntimeError(
+                    "the peer Synapse needs the lab's DNS server on port 53 (root)"
+                )
             self._peer = PeerSynapse(
                 self.directory / "peer", dns_ip=self.dns.host, ca_file=self.ca_file
             ).start()

@@ -51,7 +51,9 @@ def port_free(ip: str, port: int, kind: int = socket.SOCK_STREAM) -> bool:
         return True
 
 
-def free_loopback_ip(ports: Iterable[int] = (443,), udp_ports: Iterable[int] = ()) -> str:
+def free_loopback_ip(
+    ports: Iterable[int] = (443,), udp_ports: Iterable[int] = ()
+) -> str:
     """A random loopback address on which the given TCP (and UDP) ports are
     free. Raises NoFreeAddress after a bounded number of attempts."""
     tcp = list(ports)

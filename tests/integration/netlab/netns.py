@@ -6,7 +6,8 @@ shadows nothing), loopback up inside, and an nftables table *inside the
 namespace* that drops (or rejects) what is sent to a port. Connecting from
 the host to `ns.ns_ip:PORT` then times out (`drop`), gets "no route to host"
 (`unreachable`), or is refused (nothing listens, or `reset`). Every packet
-stays between the host end of the veth and the namespace; the host's
+stays between the host end of the veth and the namespace (IPv4 and, when the host has
+IPv6, a random ULA /64: `ns.ns_ip6`); the host's
 firewall is never touched, and deleting the namespace removes the rules.
 
     with Netns() as ns:
@@ -30,8 +31,10 @@ import secrets
 import shutil
 import subprocess
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from . import leftovers
 from .loopback import is_loopback
 
 IP = "ip"
@@ -66,7 +69,9 @@ def _run(cmd: Sequence[str], *, input: str | None = None) -> str:
     except (OSError, subprocess.TimeoutExpired) as e:
         raise NetlabError(f"{' '.join(cmd)}: {e}") from None
     if done.returncode != 0:
-        raise NetlabError(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr.strip()}")
+        raise NetlabError(
+            f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr.strip()}"
+        )
     return done.stdout
 
 
@@ -83,20 +88,34 @@ def available() -> tuple[bool, str]:
     return True, ""
 
 
-def _host_networks() -> list[ipaddress.IPv4Network]:
-    nets: list[ipaddress.IPv4Network] = []
+def _host_networks(
+    version: int = 4,
+) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
     routes: list[dict[str, Any]] = json.loads(
-        _run([IP, "-j", "-4", "route", "show", "table", "all"]) or "[]"
+        _run([IP, "-j", f"-{version}", "route", "show", "table", "all"]) or "[]"
     )
     for route in routes:
         dst = route.get("dst")
         if not isinstance(dst, str) or dst == "default":
             continue
         try:
-            nets.append(ipaddress.IPv4Network(dst, strict=False))
+            nets.append(ipaddress.ip_network(dst, strict=False))
         except ValueError:
             continue
     return nets
+
+
+def _free_subnet6() -> ipaddress.IPv6Network:
+    """A random ULA /64 (fd00::/8 with a random 40-bit ID) that overlaps no
+    route of the host."""
+    taken = _host_networks(6)
+    for _ in range(SUBNET_ATTEMPTS):
+        prefix = (0xFD << 120) | (secrets.randbits(56) << 64)
+        candidate = ipaddress.IPv6Network((prefix, 64))
+        if not any(candidate.overlaps(n) for n in taken):
+            return candidate
+    raise NetlabError("no free IPv6 /64")
 
 
 def _free_subnet() -> ipaddress.IPv4Network:
@@ -124,9 +143,13 @@ class Netns:
         self.subnet: ipaddress.IPv4Network | None = None
         self.host_ip = ""
         self.ns_ip = ""
+        self.subnet6: ipaddress.IPv6Network | None = None
+        self.host_ip6 = ""
+        self.ns_ip6 = ""  # "" when IPv6 is off on this host
         self._created = False
         self._processes: list[subprocess.Popen[bytes]] = []
         self._blocked: dict[tuple[str, int], str] = {}
+        self._record: Path | None = None
 
     def create(self) -> Netns:
         if self._created:
@@ -136,15 +159,29 @@ class Netns:
         self.host_ip, self.ns_ip = str(hosts[0]), str(hosts[1])
         _LIVE.add(self)
         self._created = True
+        self._record = leftovers.record("netns", name=self.name)
         try:
             _run([IP, "netns", "add", self.name])
             self._exec_ok([IP, "link", "set", "lo", "up"])
-            _run([IP, "link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if])
+            _run(
+                [
+                    IP,
+                    "link",
+                    "add",
+                    self.host_if,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    self.ns_if,
+                ]
+            )
             _run([IP, "link", "set", self.ns_if, "netns", self.name])
             _run([IP, "addr", "add", f"{self.host_ip}/30", "dev", self.host_if])
             _run([IP, "link", "set", self.host_if, "up"])
             self._exec_ok([IP, "addr", "add", f"{self.ns_ip}/30", "dev", self.ns_if])
             self._exec_ok([IP, "link", "set", self.ns_if, "up"])
+            self._add_ipv6()
             self._exec_ok(
                 [NFT, "-f", "-"],
                 input=(
@@ -160,12 +197,31 @@ class Netns:
             raise
         return self
 
+    def _add_ipv6(self) -> None:
+        try:
+            with open("/proc/sys/net/ipv6/conf/all/disable_ipv6") as f:
+                if f.read().strip() != "0":
+                    return
+        except OSError:
+            return
+        self.subnet6 = _free_subnet6()
+        base = int(self.subnet6.network_address)
+        host6, ns6 = ipaddress.IPv6Address(base + 1), ipaddress.IPv6Address(base + 2)
+        # nodad: usable at once, without duplicate address detection's delay.
+        _run([IP, "-6", "addr", "add", f"{host6}/64", "dev", self.host_if, "nodad"])
+        self._exec_ok(
+            [IP, "-6", "addr", "add", f"{ns6}/64", "dev", self.ns_if, "nodad"]
+        )
+        self.host_ip6, self.ns_ip6 = str(host6), str(ns6)
+
     def _exec_ok(self, cmd: Sequence[str], *, input: str | None = None) -> str:
         return _run([IP, "netns", "exec", self.name, *cmd], input=input)
 
     def block_port(self, port: int, how: BlockHow = "drop", proto: str = "tcp") -> None:
-        """Make `proto` traffic to ns_ip:port `drop`ped (a timeout),
-        `unreachable` (ICMP host unreachable) or `reset` (refused)."""
+        """Make `proto` traffic to ns_ip:port (and ns_ip6:port) `drop`ped (a
+        timeout), `unreachable` (ICMP host unreachable: EHOSTUNREACH at once
+        over IPv4; over IPv6 Linux TCP treats it as a soft error, so that is a
+        timeout too) or `reset` (refused)."""
         if how not in _RULE_ACTIONS:
             raise ValueError(f"how must be one of {sorted(_RULE_ACTIONS)}")
         if proto not in ("tcp", "udp"):
@@ -190,15 +246,23 @@ class Netns:
         """`cmd` prefixed to run inside the namespace."""
         return [IP, "netns", "exec", self.name, *cmd]
 
-    def run(self, cmd: Sequence[str], timeout: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, cmd: Sequence[str], timeout: float = COMMAND_TIMEOUT_S
+    ) -> subprocess.CompletedProcess[str]:
         """Run `cmd` inside the namespace and wait (bounded) for it."""
         return subprocess.run(
-            self.exec_command(cmd), capture_output=True, text=True, timeout=timeout, check=False
+            self.exec_command(cmd),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
 
     def popen(self, cmd: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
         """Start `cmd` inside the namespace; it is killed by close()."""
-        process: subprocess.Popen[bytes] = subprocess.Popen(self.exec_command(cmd), **kwargs)
+        process: subprocess.Popen[bytes] = subprocess.Popen(
+            self.exec_command(cmd), **kwargs
+        )
         self._processes.append(process)
         return process
 
@@ -213,13 +277,21 @@ class Netns:
         self._processes.clear()
         if self._created:
             subprocess.run(
-                [IP, "netns", "del", self.name], capture_output=True, timeout=COMMAND_TIMEOUT_S, check=False
+                [IP, "netns", "del", self.name],
+                capture_output=True,
+                timeout=COMMAND_TIMEOUT_S,
+                check=False,
             )
             # The veth pair goes with the namespace; this is in case it didn't.
             subprocess.run(
-                [IP, "link", "del", self.host_if], capture_output=True, timeout=COMMAND_TIMEOUT_S, check=False
+                [IP, "link", "del", self.host_if],
+                capture_output=True,
+                timeout=COMMAND_TIMEOUT_S,
+                check=False,
             )
             self._created = False
+        leftovers.forget(self._record)
+        self._record = None
         _LIVE.discard(self)
 
     def __enter__(self) -> Netns:
@@ -236,7 +308,9 @@ class LoopbackFilter:
 
     def __init__(self, ip: str, port: int, how: BlockHow = "drop") -> None:
         if not is_loopback(ip) or ip in ("127.0.0.1", "::1"):
-            raise ValueError("LoopbackFilter takes a dedicated 127.x.y.z address, not 127.0.0.1")
+            raise ValueError(
+                "LoopbackFilter takes a dedicated 127.x.y.z address, not 127.0.0.1"
+            )
         if how not in _RULE_ACTIONS:
             raise ValueError(f"how must be one of {sorted(_RULE_ACTIONS)}")
         self.ip = ip
@@ -244,10 +318,12 @@ class LoopbackFilter:
         self.how = how
         self.table = f"netlab_{secrets.token_hex(4)}"
         self._created = False
+        self._record: Path | None = None
 
     def create(self) -> LoopbackFilter:
         family = "ip6" if ":" in self.ip else "ip"
         _LIVE_FILTERS.add(self)
+        self._record = leftovers.record("nft", table=self.table)
         _run(
             [NFT, "-f", "-"],
             input=(
@@ -272,6 +348,8 @@ class LoopbackFilter:
                 check=False,
             )
             self._created = False
+        leftovers.forget(self._record)
+        self._record = None
         _LIVE_FILTERS.discard(self)
 
     def __enter__(self) -> LoopbackFilter:

@@ -47,10 +47,14 @@ from typing import Any
 
 import attr
 
+from . import leftovers
 from .certs import CertFiles
 from .loopback import free_port, host_port
 
-NGINX_BINARY = "/usr/sbin/nginx"
+NGINX_BINARY = shutil.which("nginx") or "/usr/sbin/nginx"
+# A unix socket path that doesn't exist (and is short: sun_path holds 107
+# bytes): proxying to it fails at once with 502.
+NO_UPSTREAM_SOCKET = "/nonexistent/netlab-upstream-down.sock"
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
 POLL_S = 0.02
@@ -62,7 +66,9 @@ class ProxyVariant(str, enum.Enum):
     """How a vhost forwards `/_matrix` and `/_synapse/client` to Synapse."""
 
     CORRECT = "correct"  # proxy_pass without a URI, with X-Forwarded-* and Host
-    URI_REWRITE = "uri_rewrite"  # `location /_matrix/ { proxy_pass http://up/_matrix/; }`
+    URI_REWRITE = (
+        "uri_rewrite"  # `location /_matrix/ { proxy_pass http://up/_matrix/; }`
+    )
     NO_FORWARDED_HEADERS = "no_forwarded_headers"  # proxy_pass alone
     UPSTREAM_DOWN = "upstream_down"  # proxies to a unix socket nobody listens on: 502
     NOT_FEDERATION = "not_federation"  # proxies the client API only; /_matrix/federation and /_matrix/key are 404
@@ -118,7 +124,9 @@ class Vhost:
 def _nginx_string(value: str) -> str:
     """A double-quoted nginx string. `$` can't be escaped in nginx strings,
     so it is spelled through the `$netlab_dollar` variable."""
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "${netlab_dollar}")
+    escaped = (
+        value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "${netlab_dollar}")
+    )
     return f'"{escaped}"'
 
 
@@ -143,6 +151,7 @@ class Nginx:
         self.generation = 0
         self.started_in_s: float | None = None
         self.reloaded_in_s: float | None = None
+        self._record: Path | None = None
 
     # -- files ---------------------------------------------------------------
 
@@ -181,7 +190,9 @@ class Nginx:
             return f"{location} {{ return 404; }}\n"
         lines = [f"{location} {{"]
         for name, value in wk.headers.items():
-            lines.append(f"    add_header {_nginx_string(name)} {_nginx_string(value)} always;")
+            lines.append(
+                f"    add_header {_nginx_string(name)} {_nginx_string(value)} always;"
+            )
         if wk.redirect is not None:
             status = wk.status if wk.status != 200 else 301
             lines.append(f"    return {status} {_nginx_string(wk.redirect)};")
@@ -214,7 +225,8 @@ class Nginx:
         if v is ProxyVariant.CORRECT:
             block = f"    proxy_pass {upstream};\n{headers}{common}"
             return "".join(
-                f"location {p} {{\n{block}}}\n" for p in ("/_matrix", "/_synapse/client")
+                f"location {p} {{\n{block}}}\n"
+                for p in ("/_matrix", "/_synapse/client")
             )
         if v is ProxyVariant.URI_REWRITE:
             return (
@@ -224,13 +236,16 @@ class Nginx:
         if v is ProxyVariant.NO_FORWARDED_HEADERS:
             block = f"    proxy_pass {upstream};\n{common}"
             return "".join(
-                f"location {p} {{\n{block}}}\n" for p in ("/_matrix", "/_synapse/client")
+                f"location {p} {{\n{block}}}\n"
+                for p in ("/_matrix", "/_synapse/client")
             )
         if v is ProxyVariant.UPSTREAM_DOWN:
-            sock = self.prefix / "no-upstream.sock"
-            block = f"    proxy_pass http://unix:{sock};\n{headers}{common}"
+            block = (
+                f"    proxy_pass http://unix:{NO_UPSTREAM_SOCKET};\n{headers}{common}"
+            )
             return "".join(
-                f"location {p} {{\n{block}}}\n" for p in ("/_matrix", "/_synapse/client")
+                f"location {p} {{\n{block}}}\n"
+                for p in ("/_matrix", "/_synapse/client")
             )
         if v is ProxyVariant.NOT_FEDERATION:
             block = f"    proxy_pass {upstream};\n{headers}{common}"
@@ -257,8 +272,12 @@ class Nginx:
                 f"  ssl_certificate_key {vhost.cert.key};",
                 f"  ssl_protocols {vhost.ssl_protocols};",
             ]
-        parts.append(self._well_known_location(index, "server", vhost.well_known_server))
-        parts.append(self._well_known_location(index, "client", vhost.well_known_client))
+        parts.append(
+            self._well_known_location(index, "server", vhost.well_known_server)
+        )
+        parts.append(
+            self._well_known_location(index, "client", vhost.well_known_client)
+        )
         parts.append(self._proxy_locations(vhost))
         parts.append("location / { return 404; }")
         if vhost.extra:
@@ -335,8 +354,10 @@ http {{
         )
         if done.returncode != 0:
             raise NginxError(
-                "nginx -t failed:\n" + done.stderr.decode(errors="replace")
-                + "\n--- config ---\n" + self.conf_path.read_text()
+                "nginx -t failed:\n"
+                + done.stderr.decode(errors="replace")
+                + "\n--- config ---\n"
+                + self.conf_path.read_text()
             )
 
     # -- process -------------------------------------------------------------
@@ -364,6 +385,7 @@ http {{
                 start_new_session=True,
             )
         _LIVE.add(self)
+        self._record = leftovers.record("nginx", pgid=self.process.pid)
         try:
             self._wait_ready(self.generation, began + timeout)
         except BaseException:
@@ -393,7 +415,9 @@ http {{
             old_workers = [pid for pid in old_workers if _alive(pid)]
             time.sleep(POLL_S)
         if old_workers:
-            raise NginxError(f"old nginx workers {old_workers} did not exit after reload")
+            raise NginxError(
+                f"old nginx workers {old_workers} did not exit after reload"
+            )
         self.reloaded_in_s = time.monotonic() - began
 
     def restart(self, timeout: float = START_TIMEOUT_S) -> None:
@@ -429,7 +453,8 @@ http {{
             if time.monotonic() >= deadline:
                 raise NginxError(
                     f"nginx did not serve generation {generation} "
-                    f"(still closed: {sorted(pending)}):\n" + self.error_log_text()[-4000:]
+                    f"(still closed: {sorted(pending)}):\n"
+                    + self.error_log_text()[-4000:]
                 )
             time.sleep(POLL_S)
 
@@ -453,6 +478,8 @@ http {{
             except OSError:
                 pass
             _LIVE.discard(self)
+            leftovers.forget(self._record)
+            self._record = None
         return process.returncode
 
     def __enter__(self) -> Nginx:

@@ -46,9 +46,13 @@ SHARED_SECRET = "netlab-shared-secret"
 # Allowed destinations for the peer's federation traffic: loopback and the
 # /16 the lab's network namespaces are carved from.
 PEER_IP_ALLOWLIST = ["127.0.0.0/8", "::1/128", "10.213.0.0/16"]
-KEY_QUERY_TIMEOUT_S = 90.0  # the peer's own retries on an unreachable target take a while
+KEY_QUERY_TIMEOUT_S = (
+    90.0  # the peer's own retries on an unreachable target take a while
+)
 PROBE_KEY_ID = "ed25519:netlab_probe"
-FORCE_REFETCH_MS = 30 * 24 * 3600 * 1000  # minimum_valid_until_ts this far ahead forces a fetch
+FORCE_REFETCH_MS = (
+    30 * 24 * 3600 * 1000
+)  # minimum_valid_until_ts this far ahead forces a fetch
 _PROXY_VARIABLES = ("http_proxy", "https_proxy", "no_proxy", "all_proxy")
 
 
@@ -91,9 +95,7 @@ def base_config(
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """os.environ without proxy settings (every request stays on loopback)."""
-    env = {
-        k: v for k, v in os.environ.items() if k.lower() not in _PROXY_VARIABLES
-    }
+    env = {k: v for k, v in os.environ.items() if k.lower() not in _PROXY_VARIABLES}
     env.update(extra or {})
     return env
 
@@ -182,8 +184,8 @@ class PeerSynapse:
             "#!/bin/sh\n"
             "# Python in a private mount namespace whose /etc/resolv.conf names the lab's DNS.\n"
             "exec unshare --mount --propagation private -- /bin/sh -c "
-            "'mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"' "
-            f"{_sh_quote(str(self.resolv_conf))} {_sh_quote(_python())} \"$@\"\n"
+            '\'mount --bind "$0" /etc/resolv.conf && exec "$@"\' '
+            f'{_sh_quote(str(self.resolv_conf))} {_sh_quote(_python())} "$@"\n'
         )
         self.wrapper.chmod(0o755)
         config = base_config(
@@ -250,7 +252,9 @@ class PeerSynapse:
             timeout=timeout,
         )
 
-    def cached_keys(self, server_name: str, timeout: float = 30.0) -> list[dict[str, Any]]:
+    def cached_keys(
+        self, server_name: str, timeout: float = 30.0
+    ) -> list[dict[str, Any]]:
         """Every key response of `server_name` the peer holds
         (GET /_matrix/key/v2/query/<server_name>; it fetches nothing)."""
         response = http_request(
@@ -263,7 +267,11 @@ class PeerSynapse:
         return [k for k in keys if isinstance(k, dict)]
 
     def can_federate_with(
-        self, server_name: str, key_id: str | None = None, *, timeout: float = KEY_QUERY_TIMEOUT_S
+        self,
+        server_name: str,
+        key_id: str | None = None,
+        *,
+        timeout: float = KEY_QUERY_TIMEOUT_S,
     ) -> tuple[bool, str]:
         """Whether the peer can fetch `server_name`'s keys right now, and a
         detail (what it got, or its log lines about the failure).
@@ -288,7 +296,10 @@ class PeerSynapse:
             return False, f"the peer did not answer the key query: {e}"
         took = time.monotonic() - began
         if response.status != 200:
-            return False, f"the peer answered the key query with {response.status}: {response.text[:500]}"
+            return (
+                False,
+                f"the peer answered the key query with {response.status}: {response.text[:500]}",
+            )
         keys = self.cached_keys(server_name)
         good = [
             k
@@ -310,13 +321,21 @@ class PeerSynapse:
             + ("\n".join(lines) or "(nothing about it)")
         )
 
-    def _log_lines_about(self, server_name: str, offset: int, limit: int = 15) -> list[str]:
+    def _log_lines_about(
+        self, server_name: str, offset: int, limit: int = 15
+    ) -> list[str]:
         text = self.process.log_text()[offset:]
         pattern = re.compile(re.escape(server_name))
         lines = [
             line
             for line in text.splitlines()
-            if pattern.search(line) and (" - WARNING - " in line or " - ERROR - " in line or "ailed" in line)
+            if pattern.search(line)
+            and (
+                " - WARNING - " in line
+                or " - ERROR - " in line
+                or "rror" in line
+                or "ailed" in line
+            )
         ]
         return lines[-limit:]
 

@@ -14,7 +14,7 @@ import attr
 
 
 def tcp_connect(ip: str, port: int, timeout: float = 2.0) -> str:
-    """"ok", "refused", "timeout", "unreachable" or "error: ..."."""
+    """ "ok", "refused", "timeout", "unreachable" or "error: ..."."""
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
