@@ -709,9 +709,12 @@ def main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
     synapse = SynapseProcess(args.workdir, config)
     try:
         return _run_demo(synapse, secret, module_config, wait_s, dns)
-    except SynapseError as e:
+    except (SynapseError, OSError) as e:
         print(f"demo: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("demo: interrupted; stopping Synapse", file=sys.stderr)
+        return 130
     finally:
         synapse.stop()
         if dns is not None:

@@ -704,6 +704,21 @@ class NetworkChecker:
                 )
 
             version_http = obs.version.get(target.address)
+            keys_http = obs.keys.get(target.address)
+            if (
+                any_reachable
+                and probe.connect != ConnectOutcome.OK
+                and all(
+                    r is None or r.error is not None for r in (version_http, keys_http)
+                )
+            ):
+                # A dead address next to working ones (e.g. a stale AAAA):
+                # connection.reachable warns; the requests there can't fail.
+                per_target.append(
+                    connection.skip_unreachable(federation.VERSION, target)
+                )
+                per_target.append(connection.skip_unreachable(federation.KEYS, target))
+                continue
             if version_http is None:
                 per_target.append(
                     connection.timed_out(
@@ -715,7 +730,6 @@ class NetworkChecker:
                 per_target.append(version_check)
                 if version is not None:
                     versions[target.address] = version
-            keys_http = obs.keys.get(target.address)
             if keys_http is None:
                 per_target.append(
                     connection.timed_out(

@@ -86,6 +86,18 @@ def _not_connected(check_id: str, target: Target) -> CheckResult:
     )
 
 
+def skip_unreachable(check_id: str, target: Target) -> CheckResult:
+    """For a per-address request check on an address that does not connect
+    while others do: connection.reachable already warns about it, and peers
+    use the other addresses, so the request itself is not a failure."""
+    return skip(
+        check_id,
+        f"not checked: {target.address} is not reachable (other addresses work; see connection.reachable)",
+        target=target.address,
+        details=probe_details(target),
+    )
+
+
 def check_handshake(target: Target, probe: TlsProbeResult) -> CheckResult:
     if probe.connect != ConnectOutcome.OK:
         return _not_connected(TLS_HANDSHAKE, target)

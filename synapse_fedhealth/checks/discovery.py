@@ -467,7 +467,9 @@ def decide_srv(name: str, fed: DnsResult, legacy: DnsResult | None) -> SrvDecisi
             )
         if result.srv:
             records = sort_srv(result.srv)
-            if len(records) == 1 and records[0].target == ".":
+            # One "." record declares the service unavailable (RFC 2782); only
+            # "." records leave nothing to connect to, which is the same.
+            if all(r.target == "." for r in records):
                 return SrvDecision(
                     name=name,
                     fed=fed,

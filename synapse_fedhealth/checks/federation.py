@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -208,6 +209,27 @@ class ServedKeys:
         }
 
 
+# Limits of what a remote JSON answer may put into the report.
+MAX_REPORTED_DEPTH = 16
+MAX_REPORTED_ITEMS = 100
+
+
+def json_safe(value: Any, depth: int = 0) -> Any:
+    """A copy of parsed remote JSON that any JSON encoder renders: nesting
+    beyond MAX_REPORTED_DEPTH and containers beyond MAX_REPORTED_ITEMS are cut,
+    and NaN/Infinity (which json.loads accepts) become strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict | list):
+        if depth >= MAX_REPORTED_DEPTH:
+            return "… (nested too deeply)"
+        if isinstance(value, dict):
+            items = list(value.items())[:MAX_REPORTED_ITEMS]
+            return {str(k): json_safe(v, depth + 1) for k, v in items}
+        return [json_safe(v, depth + 1) for v in value[:MAX_REPORTED_ITEMS]]
+    return value
+
+
 def parse_served_keys(address: str, body: Mapping[str, Any]) -> ServedKeys:
     server_name = body.get("server_name")
     valid_until = body.get("valid_until_ts")
@@ -252,7 +274,7 @@ def parse_served_keys(address: str, body: Mapping[str, Any]) -> ServedKeys:
             )
     return ServedKeys(
         address=address,
-        raw=body,
+        raw=json_safe(body),
         server_name=server_name if isinstance(server_name, str) else None,
         valid_until_ts=valid_until
         if isinstance(valid_until, int) and not isinstance(valid_until, bool)
@@ -327,12 +349,19 @@ def check_keys(
             "expired_keys",
         )
     ahead = served.valid_until_ts - now_ms
-    details["valid_for_hours"] = round(ahead / MS_PER_HOUR, 1)
+    # Clamped: a hostile 4,000-digit valid_until_ts would overflow a float.
+    ahead_hours = min(ahead, 1000 * MAX_KEY_VALIDITY_MS) / MS_PER_HOUR
+    details["valid_for_hours"] = round(ahead_hours, 1)
     if ahead < MIN_KEY_VALIDITY_MS or ahead > MAX_KEY_VALIDITY_MS:
+        shown = (
+            f"{ahead_hours:.1f} h"
+            if ahead <= 1000 * MAX_KEY_VALIDITY_MS
+            else "absurdly far"
+        )
         return (
             warn(
                 KEYS,
-                f"valid_until_ts is {ahead / MS_PER_HOUR:.1f} h ahead (expected between 1 h and 7 d)",
+                f"valid_until_ts is {shown} ahead (expected between 1 h and 7 d)",
                 fix="Set Synapse's `key_refresh_interval` between 1h and 7d (default 1d).",
                 target=target.address,
                 details=details,
@@ -352,7 +381,7 @@ def check_keys(
         )
     return ok(
         KEYS,
-        f"{len(served.key_checks)} ed25519 key(s), signatures verify, valid for {ahead / MS_PER_HOUR:.0f} h",
+        f"{len(served.key_checks)} ed25519 key(s), signatures verify, valid for {ahead_hours:.0f} h",
         target=target.address,
         details=details,
     ), served

@@ -435,6 +435,9 @@ def classify_connect_error(exc: BaseException) -> str:
             error.TimeoutError,
             defer.TimeoutError,
             defer.CancelledError,
+            # What a cancelled endpoint.connect() fails with (our timeout, or
+            # the run's deadline): not a CancelledError, so addTimeout keeps it.
+            error.ConnectingCancelledError,
         ),
     ):
         return ConnectOutcome.TIMEOUT
@@ -499,9 +502,13 @@ class TwistedTlsProber:
         try:
             tls_protocol = await connecting
         except Exception as e:
-            return attr.evolve(
-                base, connect=classify_connect_error(e), connect_error=_describe(e)
+            outcome = classify_connect_error(e)
+            message = (
+                "the TCP connect timed out"
+                if isinstance(e, error.ConnectingCancelledError)
+                else _describe(e)
             )
+            return attr.evolve(base, connect=outcome, connect_error=message)
         connect_ms = (self._reactor.seconds() - started) * 1000
         base = attr.evolve(base, connect_ms=round(connect_ms, 1))
         remaining = max(0.0, deadline - self._reactor.seconds())
@@ -509,9 +516,20 @@ class TwistedTlsProber:
         def _abort(d: defer.Deferred[None]) -> None:
             tls_protocol.transport.abortConnection()
 
-        # Cancelling `done` (on timeout) must also drop the connection.
+        # Cancelling `waiting` (on timeout) must also drop the connection. The
+        # connection's end arrives after that: it must not fire `waiting` again
+        # (chainDeferred would raise AlreadyCalledError in the reactor).
         waiting: defer.Deferred[None] = defer.Deferred(_abort)
-        done.chainDeferred(waiting)
+
+        def _settle(result: object) -> None:
+            if waiting.called:
+                pass
+            elif isinstance(result, Failure):
+                waiting.errback(result)
+            else:
+                waiting.callback(None)
+
+        done.addBoth(_settle)
         waiting.addTimeout(remaining, self._reactor)
         try:
             await waiting

@@ -36,10 +36,9 @@ import attr
 import trustme
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.threadpool import ThreadPool
 from twisted.trial import unittest
-from zope.interface import provider
 
 from synapse_fedhealth.checks.federation import KEYS_PATH, VERSION_PATH, canonical_json
 from synapse_fedhealth.network import NetworkChecker, NetworkFindings, NetworkSettings
@@ -189,7 +188,9 @@ def raw_keys(text: bytes) -> Callable[[str], HttpHandler]:
 Builder = Callable[[HostileLab], str]
 
 
-def well_known(handler: HttpHandler, *, extra: Mapping[str, HttpHandler] = {}) -> Builder:  # noqa: B006
+def well_known(
+    handler: HttpHandler, *, extra: Mapping[str, HttpHandler] = {}
+) -> Builder:
     """wk.test: A -> a loopback address whose port 443 runs `handler` for the
     well-known; no SRV, nothing on 8448 (so the fallback fails too)."""
 
@@ -574,7 +575,9 @@ class Measured:
         if self.elapsed_s >= s.time_bound_s:
             wrong.append(f"took {self.elapsed_s:.2f}s (bound {s.time_bound_s:.1f}s)")
         if self.peak_bytes >= MEMORY_BOUND_BYTES:
-            wrong.append(f"peak memory {self.peak_bytes} B (bound {MEMORY_BOUND_BYTES})")
+            wrong.append(
+                f"peak memory {self.peak_bytes} B (bound {MEMORY_BOUND_BYTES})"
+            )
         for check_id, (status, reason) in {
             s.check: (s.status, s.reason),
             **s.also,
@@ -626,7 +629,6 @@ def captured_problems() -> Iterator[list[str]]:
     root = logging.getLogger()
     root.addHandler(handler)
 
-    @provider(ILogObserver)
     def observe(event: Mapping[str, Any]) -> None:
         if event.get("log_failure") is not None or event.get("log_level") in (
             LogLevel.error,
@@ -638,11 +640,12 @@ def captured_problems() -> Iterator[list[str]]:
                 + (str(failure.value) if failure is not None else str(event))[:500]
             )
 
-    globalLogPublisher.addObserver(observe)
+    observer: Any = observe  # an ILogObserver
+    globalLogPublisher.addObserver(observer)
     try:
         yield problems
     finally:
-        globalLogPublisher.removeObserver(observe)
+        globalLogPublisher.removeObserver(observer)
         root.removeHandler(handler)
         problems.extend(handler.lines)
 
@@ -651,11 +654,11 @@ async def run_scenario(
     scenario: Scenario, reactor: Any, threadpool: ThreadPool
 ) -> Measured:
     from synapse.logging.context import (
-        LoggingContext,
         current_context,
         make_deferred_yieldable,
         run_in_background,
     )
+    from synapse.synapse_rust.logcontext import LoggingContext
 
     lab = HostileLab()
     try:
@@ -719,7 +722,12 @@ def format_table(rows: list[Measured]) -> str:
         s = m.scenario
         c = m.checks(s.check)
         got = (
-            f"{c[0].status.value}" + (f" `{c[0].details['reason']}`" if c and c[0].details.get("reason") else "")
+            f"{c[0].status.value}"
+            + (
+                f" `{c[0].details['reason']}`"
+                if c and c[0].details.get("reason")
+                else ""
+            )
             if c
             else "missing"
         )

@@ -168,9 +168,7 @@ class HostileServer:
                     continue
                 self._conns.add(sock)
                 self.connections += 1
-                thread = threading.Thread(
-                    target=self._serve, args=(sock,), daemon=True
-                )
+                thread = threading.Thread(target=self._serve, args=(sock,), daemon=True)
                 self._threads.append(thread)
             thread.start()
 
@@ -417,8 +415,11 @@ def plain_http() -> Handler:
                 continue
             if data:
                 conn.send(
-                    head(400, {"Content-Length": "11", "Connection": "close"},
-                         reason="Bad Request")
+                    head(
+                        400,
+                        {"Content-Length": "11", "Connection": "close"},
+                        reason="Bad Request",
+                    )
                     + b"Bad Request"
                 )
             return

@@ -8,7 +8,10 @@ trustme certificate plays the homeserver. Nothing leaves 127.0.0.0/8.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -130,7 +133,10 @@ class FederationResource(Resource):
 class EngineLoopbackTest(unittest.TestCase):
     def setUp(self) -> None:
         self.ca = trustme.CA()
-        self.ca_file = self.mktemp()
+        # Not trial's mktemp(): that writes into the current directory.
+        scratch = tempfile.mkdtemp(prefix="fedhealth-engine-")
+        self.addCleanup(shutil.rmtree, scratch, True)
+        self.ca_file = os.path.join(scratch, "ca.pem")
         self.ca.cert_pem.write_to_path(self.ca_file)
         self.threadpool = ThreadPool(minthreads=1, maxthreads=8, name="dns-test")
         self.threadpool.start()

@@ -312,3 +312,35 @@ def test_synapse_log_is_clean(synapse: RunningSynapse) -> None:
     log = synapse.process.log_text() + synapse.process.output_text()
     assert logcontext_errors(log) == []
     assert tracebacks_from_us(log) == []
+
+
+# -- the demo command (README: bash .ci/demo) ---------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_TIMEOUT_S = 180
+
+
+def test_demo_command(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "synapse_fedhealth",
+            "demo",
+            "--config",
+            str(REPO / "sample_homeserver.yaml"),
+            "--workdir",
+            str(tmp_path / "demo-data"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=DEMO_TIMEOUT_S,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "Start-up check: federation " in done.stdout
+    assert "config.x_forwarded: " in done.stdout  # the sample's deliberate problem
+    assert "?format=text ==" in done.stdout and '"verdict": ' in done.stdout
+    assert "Traceback" not in output

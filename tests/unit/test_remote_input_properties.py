@@ -1,0 +1,492 @@
+"""Property tests for every parser of remote input (SPEC 5: "every remote
+input is hostile until parsed"): server names, well-known bodies, key
+answers and DNS answers (SRV, A/AAAA).
+
+Each property says more than "does not raise": results are consistent with
+the input, bounded, and render as strict JSON (no NaN, any depth) the way
+the admin endpoint renders them. Run with `HYPOTHESIS_PROFILE=ci` for 10,000
+examples each (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from typing import Any
+
+import dns.flags
+import dns.message
+import dns.name
+import dns.rdataclass
+import dns.rdatatype
+import dns.rdtypes.ANY.CNAME
+import dns.rdtypes.IN.A
+import dns.rdtypes.IN.AAAA
+import dns.rdtypes.IN.SRV
+import dns.rrset
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from hypothesis import given
+from hypothesis import strategies as st
+from synapse.util.stringutils import (
+    parse_and_validate_server_name as synapse_parse_server_name,
+)
+
+from synapse_fedhealth.checks import discovery
+from synapse_fedhealth.checks.discovery import (
+    VALID_HOST_REGEX,
+    Target,
+    check_srv,
+    check_well_known,
+    decide_srv,
+    interpret_well_known,
+    parse_and_validate_server_name,
+)
+from synapse_fedhealth.checks.federation import (
+    MAX_REPORTED_DEPTH,
+    canonical_json,
+    check_keys,
+)
+from synapse_fedhealth.net.dns import (
+    MAX_RECORDS_PER_ANSWER,
+    DnsOutcome,
+    DnsResult,
+    result_from_response,
+)
+from synapse_fedhealth.net.http import HttpResult
+from synapse_fedhealth.report import CheckResult, Status
+
+
+def strict_json(value: Any) -> str:
+    """Renders as the endpoint does (indent) and as strict JSON (no NaN)."""
+    json.dumps(value, indent=2)
+    return json.dumps(value, allow_nan=False)
+
+
+def assert_renders(check: CheckResult) -> None:
+    assert check.status in (Status.OK, Status.WARN, Status.FAIL, Status.SKIP)
+    assert check.summary
+    if check.status in (Status.WARN, Status.FAIL):
+        assert check.fix
+    strict_json(check.to_json())
+
+
+# ---------------------------------------------------------------------------
+# Server names
+
+
+label = st.from_regex(r"\A[a-zA-Z0-9-]{1,12}\Z")
+hostnames = st.lists(label, min_size=1, max_size=4).map(".".join)
+ports = st.one_of(
+    st.integers(min_value=0, max_value=70000).map(str),
+    st.from_regex(r"\A[0-9]{1,7}\Z"),
+    st.sampled_from(["", "-1", "+80", "８０", "0x50", " 80"]),
+)
+ipv6 = st.ip_addresses(v=6).map(lambda ip: f"[{ip}]")
+ipv4 = st.ip_addresses(v=4).map(str)
+near_valid_hosts = st.one_of(
+    hostnames,
+    ipv6,
+    ipv4,
+    st.sampled_from(["[::1", "::1]", "[1.2.3.4]", "[]", "[:::]", "a..b", ".a", "a."]),
+)
+server_names = st.one_of(
+    st.text(max_size=40),
+    near_valid_hosts,
+    st.tuples(near_valid_hosts, ports).map(lambda t: f"{t[0]}:{t[1]}"),
+    st.tuples(near_valid_hosts, st.text(max_size=3), st.text(max_size=3)).map(
+        lambda t: t[1] + t[0] + t[2]
+    ),
+)
+
+
+@given(server_names)
+def test_server_name_parser_agrees_with_synapse(name: str) -> None:
+    """We accept what Synapse accepts, split the same way, except ports that
+    are not plain 1-5 ASCII digits in 1-65535 (the spec's grammar): Synapse's
+    parser lets "+1", " 80" or 70000 through; no connection can use them."""
+    try:
+        ours: tuple[str, int | None] | None = parse_and_validate_server_name(name)
+    except ValueError:
+        ours = None
+    try:
+        theirs: tuple[str, int | None] | None = synapse_parse_server_name(name)
+    except ValueError:
+        theirs = None
+    if ours is None and theirs is not None:
+        port_text = name.rpartition(":")[2]
+        assert theirs[1] is not None, (name, theirs)
+        assert not (
+            port_text.isascii() and port_text.isdigit() and 0 < int(port_text) < 65536
+        ), (name, theirs)
+        return
+    assert ours == theirs, (name, ours, theirs)
+    if ours is None:
+        return
+    host, port = ours
+    # Splitting loses nothing: the name is host, then ":digits" for the port.
+    assert name.startswith(host)
+    rest = name[len(host) :]
+    assert (rest == "") == (port is None)
+    if port is not None:
+        assert rest[0] == ":" and int(rest[1:]) == port and 0 < port < 65536
+    if host.startswith("["):
+        assert host.endswith("]") and ":" in host
+    else:
+        assert VALID_HOST_REGEX.match(host)
+
+
+# ---------------------------------------------------------------------------
+# JSON of any shape (including what json.loads accepts beyond RFC 8259)
+
+
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=20),
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(st.text(max_size=8), children, max_size=4),
+    ),
+    max_leaves=12,
+)
+
+
+def nested(depth: int, inner: str = "1") -> str:
+    return "[" * depth + inner + "]" * depth
+
+
+hostile_json_texts = st.one_of(
+    st.integers(min_value=1, max_value=3000).map(nested),
+    st.integers(min_value=1, max_value=4200).map(lambda n: "9" * n),
+    st.integers(min_value=1, max_value=400).map(lambda n: "1e" + "9" * n),
+    st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999", "-0", '"\\ud800"']),
+)
+
+
+# ---------------------------------------------------------------------------
+# Well-known bodies
+
+
+def wk_http(body: bytes, status: int = 200, **headers: str) -> HttpResult:
+    return HttpResult(
+        url="https://example.com/.well-known/matrix/server",
+        host_header="example.com",
+        sni="example.com",
+        status=status,
+        headers={k.replace("_", "-"): (v,) for k, v in headers.items()},
+        body=body,
+    )
+
+
+m_server_values = st.one_of(
+    server_names,
+    json_values,
+    hostile_json_texts.map(lambda t: json.loads(t) if len(t) < 900 else t),
+)
+wk_objects = st.one_of(
+    st.builds(lambda v: {"m.server": v}, m_server_values),
+    st.dictionaries(st.text(max_size=10), json_values, max_size=4),
+    json_values,
+)
+
+
+def encode_any(value: Any) -> bytes:
+    try:
+        return json.dumps(value).encode("utf-8", "surrogatepass")
+    except (ValueError, RecursionError):
+        return b"{}"
+
+
+wk_bodies = st.one_of(
+    st.binary(max_size=200),
+    wk_objects.map(encode_any),
+    hostile_json_texts.map(lambda t: ('{"m.server": ' + t + "}").encode()),
+    st.tuples(server_names, server_names).map(
+        # Duplicate keys: json.loads (like Synapse) keeps the last.
+        lambda t: f'{{"m.server": {json.dumps(t[0])}, "m.server": {json.dumps(t[1])}}}'.encode()
+    ),
+)
+header_texts = st.one_of(
+    st.text(max_size=30),
+    st.from_regex(r"\Amax-age=[0-9]{1,500}\Z"),
+    st.sampled_from(["no-store", "max-age=-1", "max-age=1e9", "private, max-age=60"]),
+)
+
+
+@given(
+    wk_bodies,
+    st.sampled_from([200, 200, 200, 404, 500, 302]),
+    header_texts,
+    header_texts,
+    st.one_of(st.none(), st.text(max_size=30), st.just("application/json")),
+    st.booleans(),
+)
+def test_well_known_bodies(
+    body: bytes,
+    status: int,
+    cache_control: str,
+    expires: str,
+    content_type: str | None,
+    fallback_works: bool,
+) -> None:
+    headers = {"cache_control": cache_control, "expires": expires}
+    if content_type is not None:
+        headers["content_type"] = content_type
+    http = wk_http(body, status, **headers)
+    outcome = interpret_well_known(http, now=1.7e9)
+    check = check_well_known("example.com", outcome, fallback_works=fallback_works)
+    assert_renders(check)
+    if outcome.cache_lifetime_s is not None:
+        assert not math.isnan(outcome.cache_lifetime_s)
+
+    # Delegated exactly when Synapse would take the delegation.
+    expected: str | None = None
+    if status == 200:
+        try:
+            parsed = json.loads(body.decode("utf-8"))
+        except (ValueError, RecursionError):
+            parsed = None
+        m_server = parsed.get("m.server") if isinstance(parsed, dict) else None
+        if isinstance(m_server, str):
+            try:
+                synapse_parse_server_name(m_server)
+                parse_and_validate_server_name(m_server)
+                expected = m_server.lower()
+            except ValueError:
+                expected = None
+    assert outcome.delegated == expected
+    assert (outcome.kind == discovery.WK_DELEGATED) == (expected is not None)
+    if expected is None and status == 200:
+        assert check.status is Status.FAIL
+        assert check.details["reason"] == "invalid"
+
+
+# ---------------------------------------------------------------------------
+# Key answers
+
+KEY = Ed25519PrivateKey.from_private_bytes(b"\x02" * 32)
+KEY_B64 = (
+    base64.b64encode(KEY.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+    .decode()
+    .rstrip("=")
+)
+SERVER = "example.com"
+NOW_MS = 1_700_000_000_000
+TARGET = Target(
+    ip="192.0.2.1",
+    port=8448,
+    host_header=SERVER,
+    sni=SERVER,
+    hostname=SERVER,
+    source="test",
+)
+
+
+def sign(body: dict[str, Any], key_id: str) -> dict[str, Any]:
+    try:
+        message = canonical_json(
+            {k: v for k, v in body.items() if k not in ("signatures", "unsigned")}
+        )
+    except (ValueError, TypeError, RecursionError):
+        return body
+    signature = base64.b64encode(KEY.sign(message)).decode().rstrip("=")
+    name = body.get("server_name")
+    if isinstance(name, str):
+        body["signatures"] = {name: {key_id: signature}}
+    return body
+
+
+valid_until = st.one_of(
+    st.integers(min_value=NOW_MS - 10**9, max_value=NOW_MS + 10**10),
+    st.integers(min_value=-(10**4000), max_value=10**4000),
+    st.floats(allow_nan=True, allow_infinity=True),
+    json_values,
+)
+key_ids = st.one_of(
+    st.just("ed25519:a_AbCd"),
+    st.text(max_size=12).map(lambda t: "ed25519:" + t),
+    st.text(max_size=12),
+)
+verify_keys = st.one_of(
+    key_ids.map(lambda k: {k: {"key": KEY_B64}}),
+    st.dictionaries(key_ids, json_values, max_size=3),
+    json_values,
+)
+
+
+@st.composite
+def key_bodies(draw: st.DrawFn) -> bytes:
+    kind = draw(st.integers(min_value=0, max_value=4))
+    if kind == 0:
+        return draw(st.binary(max_size=200))
+    if kind == 1:
+        return encode_any(draw(json_values))
+    if kind == 2:
+        text = draw(hostile_json_texts)
+        return f'{{"server_name": "{SERVER}", "valid_until_ts": {text}}}'.encode()
+    body: dict[str, Any] = {
+        "server_name": draw(st.one_of(st.just(SERVER), server_names, json_values)),
+        "valid_until_ts": draw(valid_until),
+        "verify_keys": draw(verify_keys),
+        "old_verify_keys": draw(st.one_of(st.just({}), json_values)),
+    }
+    if draw(st.booleans()):
+        body["extra"] = json.loads(nested(draw(st.integers(0, 200)), "{}"))
+    verify = body["verify_keys"]
+    key_id = next(iter(verify), "ed25519:a_AbCd") if isinstance(verify, dict) else "x"
+    if kind == 4 and isinstance(key_id, str):
+        body = sign(body, key_id)
+    else:
+        body["signatures"] = draw(json_values)
+    return encode_any(body)
+
+
+@given(
+    key_bodies(),
+    st.one_of(st.just("application/json"), st.text(max_size=20)),
+)
+def test_key_answers(body: bytes, content_type: str) -> None:
+    http = HttpResult(
+        url=f"https://{SERVER}/_matrix/key/v2/server",
+        host_header=SERVER,
+        sni=SERVER,
+        status=200,
+        headers={"content-type": (content_type,)},
+        body=body,
+    )
+    check, served = check_keys(TARGET, http, SERVER, now_ms=NOW_MS)
+    assert_renders(check)
+    assert check.status in (Status.OK, Status.WARN, Status.FAIL)
+    if served is not None:
+        # What the federation tester view shows renders strictly, at any depth.
+        strict_json(served.federation_tester_checks(SERVER, NOW_MS))
+        strict_json(dict(served.raw))
+        assert _depth(served.raw) <= MAX_REPORTED_DEPTH + 1
+    if check.status is not Status.FAIL:
+        assert served is not None
+        assert served.server_name == SERVER
+        assert served.key_checks
+        assert all(k.valid_key and k.signature_ok for k in served.key_checks)
+        assert served.valid_until_ts is not None and served.valid_until_ts > NOW_MS
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# DNS answers
+
+dns_labels = st.from_regex(r"\A[a-zA-Z0-9_-]{1,10}\Z")
+dns_targets = st.one_of(
+    st.just("."),
+    st.lists(dns_labels, min_size=1, max_size=4).map(lambda ls: ".".join(ls) + "."),
+)
+QNAME = "_matrix-fed._tcp.example.com"
+
+
+def _rdata(kind: str, value: Any) -> Any:
+    if kind == "SRV":
+        priority, weight, port, target = value
+        return dns.rdtypes.IN.SRV.SRV(
+            dns.rdataclass.IN,
+            dns.rdatatype.SRV,
+            priority,
+            weight,
+            port,
+            dns.name.from_text(target),
+        )
+    if kind == "CNAME":
+        return dns.rdtypes.ANY.CNAME.CNAME(
+            dns.rdataclass.IN, dns.rdatatype.CNAME, dns.name.from_text(value)
+        )
+    if kind == "A":
+        return dns.rdtypes.IN.A.A(dns.rdataclass.IN, dns.rdatatype.A, str(value))
+    return dns.rdtypes.IN.AAAA.AAAA(dns.rdataclass.IN, dns.rdatatype.AAAA, str(value))
+
+
+_values = {
+    "SRV": st.tuples(
+        st.integers(0, 65535), st.integers(0, 65535), st.integers(0, 65535), dns_targets
+    ),
+    "CNAME": dns_targets,
+    "A": st.ip_addresses(v=4),
+    "AAAA": st.ip_addresses(v=6),
+}
+
+
+@st.composite
+def rrsets(draw: st.DrawFn) -> dns.rrset.RRset:
+    kind = draw(st.sampled_from(["SRV", "SRV", "CNAME", "A", "AAAA"]))
+    owner = dns.name.from_text(draw(st.one_of(st.just(QNAME + "."), dns_targets)))
+    values = draw(st.lists(_values[kind], min_size=1, max_size=40))
+    return dns.rrset.from_rdata_list(owner, 60, [_rdata(kind, v) for v in values])
+
+
+@st.composite
+def responses(draw: st.DrawFn) -> dns.message.Message:
+    response = dns.message.Message(id=draw(st.integers(0, 65535)))
+    response.flags = dns.flags.QR | dns.flags.RD | dns.flags.RA
+    response.question = [
+        dns.rrset.RRset(
+            dns.name.from_text(QNAME + "."),
+            dns.rdataclass.IN,
+            dns.rdatatype.from_text(draw(st.sampled_from(["SRV", "A", "AAAA"]))),
+        )
+    ]
+    for rrset in draw(st.lists(rrsets(), max_size=3)):
+        response.answer.append(rrset)
+    if draw(st.booleans()):
+        # As the resolver sees it: through the wire format.
+        response = dns.message.from_wire(response.to_wire())
+    return response
+
+
+@given(responses(), st.sampled_from(["SRV", "A", "AAAA"]))
+def test_dns_answers(response: dns.message.Message, rdtype: str) -> None:
+    result = result_from_response(QNAME, rdtype, response)
+    total = sum(len(rrset) for rrset in response.answer)
+    assert len(result.srv) + len(result.addresses) <= MAX_RECORDS_PER_ANSWER
+    assert result.truncated == (total > MAX_RECORDS_PER_ANSWER)
+    assert result.outcome in (DnsOutcome.ANSWER, DnsOutcome.NO_ANSWER)
+    assert (result.outcome is DnsOutcome.ANSWER) == bool(result.srv or result.addresses)
+    for record in result.srv:
+        assert record.target == "." or (
+            record.target == record.target.lower() and not record.target.endswith(".")
+        )
+        assert 0 <= record.port < 65536
+    if rdtype != "SRV":
+        assert not result.srv
+    strict_json(result.to_json())
+
+    # What discovery makes of it, as the fed lookup and as the legacy one.
+    legacy = DnsResult(qname=QNAME, rdtype="SRV", outcome=DnsOutcome.NXDOMAIN)
+    for fed, leg in ((result, legacy), (legacy, result)):
+        decision = decide_srv("example.com", fed, leg)
+        if decision.kind in ("fed", "legacy"):
+            assert decision.records
+            assert all(r.target != "." for r in decision.records)
+        assert_renders(check_srv(decision))
+
+
+@given(st.binary(max_size=512), st.sampled_from(["SRV", "A", "AAAA"]))
+def test_dns_wire_bytes(wire: bytes, rdtype: str) -> None:
+    """Arbitrary bytes from a DNS server: dnspython refuses them, or the
+    parsed message turns into a result (never an exception of ours)."""
+    try:
+        message = dns.message.from_wire(wire)
+    except Exception:
+        return  # the resolver maps these to an error outcome
+    result = result_from_response(QNAME, rdtype, message)
+    strict_json(result.to_json())
