@@ -7,6 +7,7 @@ from typing import Any
 
 from twisted.python.threadpool import ThreadPool
 
+from synapse_fedhealth.report import CheckResult, skip
 from synapse_fedhealth.runner import FamilyOutcome
 
 # The ids the network engine reports; used for placeholders when the whole
@@ -33,16 +34,30 @@ class NetworkFamily:
 
     def __init__(self, reactor: Any, settings: Any, threadpool: ThreadPool) -> None:
         self._reactor = reactor
-        self._settings = settings
+        self.settings = settings
         self._threadpool = threadpool
 
     async def run(self) -> FamilyOutcome:
         from synapse_fedhealth.network import NetworkChecker
 
-        checker = NetworkChecker(self._reactor, self._settings, self._threadpool)
+        checker = NetworkChecker(self._reactor, self.settings, self._threadpool)
         findings = await checker.run()
         return FamilyOutcome(
-            checks=tuple(findings.checks),
+            checks=with_skips_for_missing(findings.checks, NETWORK_CHECK_IDS),
             federation_tester=dict(findings.federation_tester),
             facts={"network": findings},
         )
+
+
+def with_skips_for_missing(
+    checks: Sequence[CheckResult], check_ids: Sequence[str]
+) -> tuple[CheckResult, ...]:
+    """Every id appears in the report: per-address checks that had no address
+    to probe say so instead of silently vanishing."""
+    present = {check.id for check in checks}
+    missing = [
+        skip(check_id, "not run: no target address to probe (see discovery.addresses)")
+        for check_id in check_ids
+        if check_id not in present
+    ]
+    return (*checks, *missing)

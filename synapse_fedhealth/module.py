@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from synapse.logging.context import PreserveLoggingContext
@@ -12,12 +12,21 @@ from twisted.internet import defer
 from twisted.python.threadpool import ThreadPool
 
 from synapse_fedhealth import homeserver
+from synapse_fedhealth.checks.forwarded import ECHO_PATH
+from synapse_fedhealth.checks.insider import INSIDER_CHECK_IDS
 from synapse_fedhealth.config import (
     FedHealthConfig,
     FedHealthConfigError,
     parse_fedhealth_config,
 )
+from synapse_fedhealth.echo import EchoResource, NonceBook, secret_from_signing_key
 from synapse_fedhealth.families import NETWORK_CHECK_IDS, NetworkFamily
+from synapse_fedhealth.insider_family import (
+    InsiderSettings,
+    OutsideViewFamily,
+    TargetInsiderFamily,
+    make_http,
+)
 from synapse_fedhealth.metrics import record_report
 from synapse_fedhealth.monitor import TransitionLogger, log_config_problems
 from synapse_fedhealth.report import CheckResult, Report, fail
@@ -76,6 +85,11 @@ class FedHealthModule:
         api.register_web_resource(
             ENDPOINT_PATH, FedHealthResource(api, self._get_report)
         )
+        # The echo resource answers our own proxy.forwarded_headers probe when
+        # it arrives through the public path. Every process mounts it; the
+        # nonce secret comes from the signing key, which all processes share.
+        self._nonces = NonceBook(secret=self._nonce_secret())
+        api.register_web_resource(ECHO_PATH, EchoResource(self._nonces))
 
         # Config problems are known now: log them before any network traffic.
         try:
@@ -131,8 +145,57 @@ class FedHealthModule:
         )
         return results
 
+    def _nonce_secret(self) -> bytes | None:
+        if self._snapshot is None or not self._snapshot.signing_keys:
+            return None
+        key = self._snapshot.signing_keys[0].signing_key
+        try:
+            return secret_from_signing_key(bytes(key.encode()))
+        except Exception:
+            return None
+
     def _families(self) -> Sequence[CheckFamily]:
-        return [] if self._network_skip_reason() else [self._network_family()]
+        if self._network_skip_reason():
+            return []
+        return [self._network_family(), self._outside_view_family()]
+
+    def _insider_settings(self, timeout_s: float) -> InsiderSettings:
+        network = self._network_family().settings
+        return InsiderSettings(
+            timeout_s=timeout_s,
+            notary_check=self._config.notary_check,
+            ca_files=network.ca_files,
+            dns_servers=network.dns_servers,
+            user_agent=network.user_agent,
+            cert_expiry_warning_days=self._config.cert_expiry_warning_days,
+        )
+
+    def _outside_view_family(self) -> OutsideViewFamily:
+        assert self._snapshot is not None
+        return OutsideViewFamily(
+            self._reactor,
+            self._snapshot,
+            self._insider_settings(self._config.timeout_s),
+            self._threadpool,
+            issue_nonce=self._nonces.issue,
+        )
+
+    def _follow_ups(
+        self, facts: Mapping[str, Any], remaining_s: float
+    ) -> Sequence[CheckFamily]:
+        findings = facts.get("network")
+        if findings is None or self._snapshot is None:
+            return []
+        settings = self._insider_settings(remaining_s)
+        return [
+            TargetInsiderFamily(
+                self._reactor,
+                self._snapshot,
+                findings,
+                make_http(self._reactor, settings, self._threadpool),
+                remaining_s,
+            )
+        ]
 
     def _network_skip_reason(self) -> str | None:
         if self._snapshot is None:
@@ -171,7 +234,11 @@ class FedHealthModule:
         def static() -> Sequence[CheckResult]:
             checks = list(self._static_checks())
             if skip_reason:
-                checks.extend(skipped_family_results(NETWORK_CHECK_IDS, skip_reason))
+                checks.extend(
+                    skipped_family_results(
+                        NETWORK_CHECK_IDS + INSIDER_CHECK_IDS, skip_reason
+                    )
+                )
             return checks
 
         return CheckRunner(
@@ -180,6 +247,7 @@ class FedHealthModule:
             timeout_s=self._config.timeout_s,
             static_checks=static,
             families=self._families,
+            follow_ups=self._follow_ups,
             federation_disabled=bool(
                 self._snapshot is not None and self._snapshot.federation_disabled
             ),

@@ -40,6 +40,8 @@ ADDRESSES = "discovery.addresses"
 TARGETS = "discovery.targets"
 
 DEFAULT_FEDERATION_PORT = 8448
+# Longer cache lifetimes are reported as this (10 years); Synapse caps at 48 h.
+MAX_CACHE_LIFETIME_S = 10 * 365 * 24 * 3600
 SRV_FED_PREFIX = "_matrix-fed._tcp."
 SRV_LEGACY_PREFIX = "_matrix._tcp."
 
@@ -130,7 +132,8 @@ def cache_lifetime(http: HttpResult, now: float) -> float | None:
     max_age = directives.get("max-age")
     if max_age:
         try:
-            return float(int(max_age))
+            # Clamped: a hostile 400-digit max-age overflows a float.
+            return float(min(int(max_age), MAX_CACHE_LIFETIME_S))
         except ValueError:
             pass
     expires = http.header("expires")

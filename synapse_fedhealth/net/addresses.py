@@ -55,8 +55,16 @@ def classify_address(address: str) -> AddressClass:
 
 
 def is_ip_literal(host: str) -> bool:
+    """An IPv4 address, or an IPv6 one (bare or in one pair of brackets)."""
+    if host.startswith("["):
+        if not host.endswith("]"):
+            return False
+        # Exactly one pair: "[::[]".strip("[]") would be "::".
+        host = host[1:-1]
+    if "%" in host:
+        return False  # a zone index ("fe80::1%eth0") means nothing to peers
     try:
-        ipaddress.ip_address(host.strip("[]") if host.startswith("[") else host)
+        ipaddress.ip_address(host)
     except ValueError:
         return False
     return True

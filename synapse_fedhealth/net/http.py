@@ -16,6 +16,7 @@ raise: they come back as an `HttpResult` with an `error` kind.
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
@@ -33,7 +34,13 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.python.failure import Failure
-from twisted.web.client import URI, Agent, HTTPConnectionPool, ResponseFailed
+from twisted.web.client import (
+    URI,
+    Agent,
+    FileBodyProducer,
+    HTTPConnectionPool,
+    ResponseFailed,
+)
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
@@ -144,10 +151,22 @@ class HttpFetcher(Protocol):
         timeout: float,
         follow_redirects: bool = False,
         verify_tls: bool = True,
+        method: str = "GET",
+        extra_headers: Mapping[str, str] | None = None,
+        body: bytes | None = None,
     ) -> defer.Deferred[HttpResult]:
         """GET `url`. The first hop connects to `connect_to` if given (else the
         URL's host, resolved through our DNS) with `host_header` and `sni`
         (default: from the URL). Never fails; bounded by `timeout` seconds."""
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class _RequestSpec:
+    """What is sent besides the URL: only GET follows redirects."""
+
+    method: str
+    headers: Mapping[str, str]
+    body: bytes | None
 
 
 class BodyTooLarge(Exception):
@@ -320,6 +339,9 @@ class ProbeHttpClient:
         timeout: float,
         follow_redirects: bool = False,
         verify_tls: bool = True,
+        method: str = "GET",
+        extra_headers: Mapping[str, str] | None = None,
+        body: bytes | None = None,
     ) -> defer.Deferred[HttpResult]:
         parsed = urllib.parse.urlsplit(url)
         host_header = host_header if host_header is not None else parsed.netloc
@@ -338,6 +360,7 @@ class ProbeHttpClient:
                 deadline,
                 follow_redirects,
                 verify_tls,
+                _RequestSpec(method, dict(extra_headers or {}), body),
             )
         )
         fetching.addTimeout(max(0.0, timeout), self._reactor)
@@ -368,7 +391,9 @@ class ProbeHttpClient:
         deadline: float,
         follow_redirects: bool,
         verify_tls: bool,
+        spec: _RequestSpec | None = None,
     ) -> HttpResult:
+        spec = spec or _RequestSpec("GET", {}, None)
         url = base.url
         visited = {url}
         host_header: str | None = base.host_header
@@ -405,14 +430,25 @@ class ProbeHttpClient:
             )
             if host_header:
                 headers.setRawHeaders(b"Host", [host_header.encode("ascii", "replace")])
+            for name, value in spec.headers.items():
+                headers.setRawHeaders(
+                    name.encode("ascii"), [value.encode("latin-1", "replace")]
+                )
+            producer = (
+                FileBodyProducer(io.BytesIO(spec.body))
+                if spec.body is not None
+                else None
+            )
             try:
                 request_uri = url.encode("ascii")
             except UnicodeEncodeError:
                 raise _Refused(ERR_BAD_REDIRECT, f"not an ASCII URL: {url!r}") from None
-            response: Any = await agent.request(b"GET", request_uri, headers, None)
+            response: Any = await agent.request(
+                spec.method.encode("ascii"), request_uri, headers, producer
+            )
             status = int(response.code)
             location = _last_header(response.headers, b"location")
-            if follow_redirects and status in REDIRECT_CODES:
+            if follow_redirects and spec.method == "GET" and status in REDIRECT_CODES:
                 if location is None:
                     raise _Refused(
                         ERR_BAD_REDIRECT,

@@ -11,7 +11,9 @@ from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 
 from synapse_fedhealth import homeserver
+from synapse_fedhealth.checks.forwarded import ECHO_PATH
 from synapse_fedhealth.config import parse_fedhealth_config
+from synapse_fedhealth.echo import EchoResource
 from synapse_fedhealth.homeserver import HomeserverSnapshot, ListenerInfo
 from synapse_fedhealth.module import ENDPOINT_PATH, FedHealthModule
 from synapse_fedhealth.report import Report, Status
@@ -73,9 +75,9 @@ def _module(
 
 def test_registers_endpoint_and_schedules_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     module, api, _ = _module(monkeypatch)
-    path, resource = api.register_web_resource.call_args.args
-    assert path == ENDPOINT_PATH
-    assert isinstance(resource, FedHealthResource)
+    mounted = dict(call.args for call in api.register_web_resource.call_args_list)
+    assert isinstance(mounted[ENDPOINT_PATH], FedHealthResource)
+    assert isinstance(mounted[ECHO_PATH], EchoResource)
     assert api.delayed_background_call.call_args.args[0] == 2000
     assert api.looping_background_call.call_args.args[1] == 3_600_000
     assert module is not None
