@@ -61,6 +61,9 @@ ensure_test_tools() {
     command -v nft >/dev/null || [ -x /usr/sbin/nft ] || missing+=(nftables)
     command -v ip >/dev/null || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing+=(iproute2)
     command -v openssl >/dev/null || missing+=(openssl)
+    # promtool validates and unit-tests contrib/prometheus (the service is
+    # not started: apt_install blocks service starts).
+    command -v promtool >/dev/null || missing+=(prometheus)
     [ "${#missing[@]}" -gt 0 ] || return 0
     apt_install "${missing[@]}" && return 0
     # One by one, so that one unknown name does not block the others.
