@@ -284,7 +284,7 @@ def cert_expiry_from(report: Report) -> dict[str, float]:
     for check in report.checks:
         if check.id != "tls.certificate":
             continue
-        not_after = check.details.get("not_after_ts")
+        not_after = check.details.get("not_after")
         host = check.details.get("sni") or check.target
         if isinstance(not_after, (int, float)) and isinstance(host, str):
             expiry[host] = float(not_after)

@@ -126,6 +126,7 @@ def judge_key_matches_local(
 
     if served_name != server_name:
         shown = repr(served_name) if isinstance(served_name, str) else "(no name)"
+        details["reason"] = "other_server"
         return fail(
             KEY_MATCHES_LOCAL,
             f"the public address serves the keys of {shown} ({served_ids_text}), "
@@ -149,6 +150,7 @@ def judge_key_matches_local(
         else:
             problems.append(f"{key.key_id} is not served")
     if problems:
+        details["reason"] = "other_key"
         return fail(
             KEY_MATCHES_LOCAL,
             f"the public address serves {served_ids_text}, this Synapse holds "
@@ -162,6 +164,7 @@ def judge_key_matches_local(
 
     extra = sorted(set(current) - set(local_ids))
     if extra:
+        details["reason"] = "extra_key"
         details["extra_key_ids"] = extra
         return warn(
             KEY_MATCHES_LOCAL,

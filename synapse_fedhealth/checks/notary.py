@@ -366,7 +366,11 @@ def judge_notary_answer(
         )
     return ok(
         NOTARY,
-        f"the notary {name} fetched our current key {key_id} from the outside",
+        # The notary may answer from its cache: a copy that satisfies the
+        # minimum was fetched from us at most about half a
+        # key_refresh_interval ago, not necessarily by this query.
+        f"the notary {name} has our current key {key_id}, fetched from the "
+        "outside at most about half a key_refresh_interval ago",
         details=details,
         target=name,
     )

@@ -233,3 +233,27 @@ def test_handshake_failure_and_unreachable_skip() -> None:
 
 def test_system_trust_store_loads() -> None:
     assert TrustStore().description == "the system trust store"
+
+
+def test_certificate_expiry_reaches_the_metric(
+    ca: trustme.CA, trust: TrustStore
+) -> None:
+    """The facade reads tls.certificate's `not_after` (keyed by SNI) for the
+    synapse_fedhealth_tls_certificate_expiry_timestamp_seconds gauge; a
+    renamed detail key silently emptied the metric once."""
+    from synapse_fedhealth.module import cert_expiry_from
+    from synapse_fedhealth.report import Report, Verdict
+
+    chain = load_chain(ca.issue_cert(NAME))
+    result, verification = check_certificate(
+        TARGET, probe(chain), trust, warning_days=14
+    )
+    assert verification is not None
+    report = Report(
+        server_name="example.com",
+        verdict=Verdict.OK,
+        generated_at=0,
+        duration_ms=0,
+        checks=(result,),
+    )
+    assert cert_expiry_from(report) == {NAME: float(int(verification.not_after))}

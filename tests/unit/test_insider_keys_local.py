@@ -64,12 +64,14 @@ def test_other_server_name_fails_naming_both() -> None:
     assert "old.example.net" in result.summary and SERVER_NAME in result.summary
     assert OTHER.key_id in result.summary and OURS.key_id in result.summary
     assert result.fix
+    assert result.details["reason"] == "other_server"
 
 
 def test_other_key_fails_naming_both() -> None:
     result = judge(key_response(SERVER_NAME, OTHER, valid_until_ts=VALID))
     assert result.status is Status.FAIL
     assert OTHER.key_id in result.summary and OURS.key_id in result.summary
+    assert result.details["reason"] == "other_key"
 
 
 def test_same_id_other_key_fails() -> None:
@@ -91,6 +93,7 @@ def test_extra_served_key_warns() -> None:
     result = judge(served)
     assert result.status is Status.WARN
     assert OTHER.key_id in result.summary
+    assert result.details["reason"] == "extra_key"
 
 
 def test_missing_or_unusable_response_skips() -> None:
