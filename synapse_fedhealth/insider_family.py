@@ -53,7 +53,7 @@ from synapse_fedhealth.homeserver import HomeserverSnapshot, TrustedKeyServerInf
 from synapse_fedhealth.net.dns import ThreadedDnsResolver
 from synapse_fedhealth.net.http import HttpResult, ProbeHttpClient
 from synapse_fedhealth.net.tls import TrustStore
-from synapse_fedhealth.report import CheckResult, skip
+from synapse_fedhealth.report import CheckResult, Status, skip
 from synapse_fedhealth.runner import FamilyOutcome
 
 # The share of the insider budget a notary may spend finding the notary
@@ -361,6 +361,21 @@ class TargetInsiderFamily:
                 skip(
                     SIGNED_REQUEST,
                     "not run: no target address to send it to (see discovery.addresses)",
+                )
+            ]
+        # A dead address is connection.reachable's finding; peers move on to
+        # the next one, and so does this probe.
+        reachable = {
+            c.target
+            for c in self._findings.checks
+            if c.id == "connection.reachable" and c.status is Status.OK
+        }
+        targets = [t for t in targets if t.address in reachable]
+        if not targets:
+            return [
+                skip(
+                    SIGNED_REQUEST,
+                    "not run: no address is reachable (see connection.reachable)",
                 )
             ]
         key = self._snapshot.signing_keys[0]

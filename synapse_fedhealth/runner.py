@@ -22,6 +22,9 @@ logger = logging.getLogger("synapse_fedhealth")
 # Grace on top of the configured timeout before the runner gives up on a
 # family that failed to honour its own deadline: a safety net, not a budget.
 DEADLINE_GRACE_S = 0.5
+# Follow-ups stop this much before the deadline, so that gathering their
+# results and building the report still fits inside `timeout`.
+FOLLOW_UP_MARGIN_S = 0.05
 
 
 class ReactorClock(Protocol):
@@ -178,7 +181,10 @@ class CheckRunner:
             facts.update(outcome.facts)
         # Follow-ups need what the families found (e.g. the resolved targets)
         # and share what is left of the one deadline.
-        remaining = max(0.0, self._timeout_s - (self._reactor.seconds() - started))
+        remaining = max(
+            0.0,
+            self._timeout_s - (self._reactor.seconds() - started) - FOLLOW_UP_MARGIN_S,
+        )
         follow_ups: list[CheckFamily] = []
         if self._follow_ups is not None:
             try:

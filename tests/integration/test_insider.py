@@ -625,12 +625,7 @@ def test_notary(notary_world: NotaryWorld, world: InsiderWorld) -> None:
     w.reachable(False)
     report = w.hs.report()
     world.record("notary: port closed after a successful fetch", report, ids)
-    notary_d = find_check(report, "federation.notary", w.peer.server_name)
-    world.rows.append(
-        {
-            "scenario": "notary: port closed after a successful fetch",
-            "check": "federation.notary",
-            "status": notary_d["status"],
-            "reason": notary_d["details"].get("reason"),
-        }
-    )
+    assert report["verdict"] == "broken", brief(report, ids)
+    assert find_check(report, "connection.reachable")["details"]["reason"] == "refused"
+    # Recorded, not asserted: ok today (the cached copy), see c).
+    find_check(report, "federation.notary", w.peer.server_name)

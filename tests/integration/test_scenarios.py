@@ -759,10 +759,6 @@ SCENARIOS: tuple[Scenario, ...] = (
         ),
         allowed_problems=("discovery.addresses", "connection.reachable"),
         peer=True,
-        known_bug=(
-            "insider_family sends federation.signed_request to every target, also "
-            "to a dead address next to working ones, and fails it (refused)"
-        ),
     ),
 )
 

@@ -38,7 +38,11 @@ def test_every_check_id_is_documented_with_a_fix() -> None:
 
 def test_proxy_snippets_for_proxy_related_checks() -> None:
     checks_md = (DOCS / "checks.md").read_text()
-    for check_id in ("config.x_forwarded", "federation.signed_request", "proxy.forwarded_headers"):
+    for check_id in (
+        "config.x_forwarded",
+        "federation.signed_request",
+        "proxy.forwarded_headers",
+    ):
         section = checks_md.split(f"### `{check_id}`", 1)[1].split("\n### ", 1)[0]
         for proxy in ("nginx", "Caddy", "Traefik", "Apache"):
             assert proxy in section, (check_id, proxy)
