@@ -61,8 +61,9 @@ from synapse_fedhealth.runner import FamilyOutcome
 NOTARY_DISCOVERY_SHARE = 0.6
 MAX_BODY = 256 * 1024  # notary answers carry a few keys; anything larger is hostile
 
-OUTSIDE_CHECK_IDS = (NOTARY, FORWARDED_HEADERS, CLIENT_WELL_KNOWN)
+OUTSIDE_CHECK_IDS = (FORWARDED_HEADERS, CLIENT_WELL_KNOWN)
 TARGET_CHECK_IDS = (KEY_MATCHES_LOCAL, SIGNED_REQUEST)
+NOTARY_CHECK_IDS = (NOTARY,)
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True, kw_only=True)
@@ -93,8 +94,8 @@ def _error_kind(result: HttpResult) -> str:
 
 
 class OutsideViewFamily:
-    """Checks that need no resolved target of ours: the notary's view, the
-    forwarded headers through the public client path, the client well-known."""
+    """Checks that need no resolved target of ours: the forwarded headers
+    through the public client path, and the client well-known."""
 
     name = "insider"
     check_ids: Sequence[str] = OUTSIDE_CHECK_IDS
@@ -127,97 +128,12 @@ class OutsideViewFamily:
         self._deadline = self._reactor.seconds() + self._settings.timeout_s
         groups: list[list[CheckResult]] = await defer.gatherResults(
             [
-                defer.ensureDeferred(self._notaries()),
                 defer.ensureDeferred(self._forwarded_headers()),
                 defer.ensureDeferred(self._client_well_known()),
             ],
             consumeErrors=True,
         )
         return FamilyOutcome(checks=tuple(c for group in groups for c in group))
-
-    # -- federation.notary ---------------------------------------------------
-
-    async def _notaries(self) -> list[CheckResult]:
-        plan = plan_notary_checks(
-            self._snapshot, notary_check=self._settings.notary_check
-        )
-        results: list[CheckResult] = list(plan.skipped)
-        if plan.notaries:
-            results += await defer.gatherResults(
-                [defer.ensureDeferred(self._ask_notary(n)) for n in plan.notaries],
-                consumeErrors=True,
-            )
-        return results
-
-    async def _ask_notary(self, notary: TrustedKeyServerInfo) -> CheckResult:
-        # Find the notary as a Synapse peer would: with the same engine.
-        from synapse_fedhealth.network import NetworkChecker, NetworkSettings
-
-        key = self._snapshot.signing_keys[0]
-        minimum = notary_minimum_valid_until_ts(
-            int(self._wall_clock() * 1000), self._snapshot.key_refresh_interval_ms
-        )
-        discovery_budget = self._remaining() * NOTARY_DISCOVERY_SHARE
-        finder = NetworkChecker(
-            self._reactor,
-            NetworkSettings(
-                server_name=notary.server_name,
-                timeout_s=max(0.1, discovery_budget),
-                cert_expiry_warning_days=self._settings.cert_expiry_warning_days,
-                ca_files=self._settings.ca_files,
-                dns_servers=self._settings.dns_servers,
-                user_agent=self._settings.user_agent,
-            ),
-            self._threadpool,
-            http=self._http,
-        )
-        found = await finder.run()
-        url = f"https://{notary.server_name}{NOTARY_QUERY_PATH}"
-        if not found.targets:
-            return judge_notary_error(
-                "unreachable",
-                "the notary's name did not resolve to any address from here",
-                notary=notary,
-                request={
-                    "url": url,
-                    "host_header": notary.server_name,
-                    "sni": notary.server_name,
-                },
-            )
-        target = found.targets[0]
-        url = f"https://{target.hostname}:{target.port}{NOTARY_QUERY_PATH}"
-        body = json.dumps(
-            build_notary_query(self._snapshot.server_name, [key.key_id], minimum)
-        )
-        result = await self._http.get(
-            url,
-            connect_to=(target.ip, target.port),
-            host_header=target.host_header,
-            sni=target.sni,
-            max_bytes=MAX_BODY,
-            timeout=self._remaining(),
-            method="POST",
-            extra_headers={"Content-Type": "application/json"},
-            body=body.encode("utf-8"),
-        )
-        request = result.request_details()
-        if result.status is None:
-            return judge_notary_error(
-                _error_kind(result),
-                result.error_message,
-                notary=notary,
-                request=request,
-            )
-        return judge_notary_answer(
-            result.status,
-            result.headers,
-            result.body,
-            notary=notary,
-            server_name=self._snapshot.server_name,
-            signing_key=key,
-            minimum_valid_until_ts=minimum,
-            request=request,
-        )
 
     # -- proxy.forwarded_headers -----------------------------------------------
 
@@ -421,3 +337,151 @@ class TargetInsiderFamily:
             key_id=key_id,
             target=target.address,
         )
+
+
+class NotaryFamily:
+    """`federation.notary`: do the trusted key servers hold the key response
+    this server serves now? Runs after the network family, which fetched that
+    response from our public addresses."""
+
+    name = "notary"
+    check_ids: Sequence[str] = NOTARY_CHECK_IDS
+
+    def __init__(
+        self,
+        reactor: Any,
+        snapshot: HomeserverSnapshot,
+        settings: InsiderSettings,
+        threadpool: Any,
+        findings: Any,
+        http: ProbeHttpClient,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._reactor = reactor
+        self._snapshot = snapshot
+        self._settings = settings
+        self._threadpool = threadpool
+        self._findings = findings
+        self._http = http
+        self._wall_clock = wall_clock
+        self._deadline = 0.0
+
+    def _remaining(self) -> float:
+        now: float = self._reactor.seconds()
+        return max(0.0, self._deadline - now)
+
+    async def run(self) -> FamilyOutcome:
+        self._deadline = self._reactor.seconds() + self._settings.timeout_s
+        return FamilyOutcome(checks=tuple(await self._notaries()))
+
+    def _minimum_valid_until_ts(self) -> int:
+        """Ask for the key response we serve now.
+
+        Synapse's notary answers from its cache only when the cached copy is
+        valid until at least this; otherwise it fetches from us, and answers
+        with whatever it has when that fails. Our current response is the
+        newest there is, so a notary that returns it has fetched it from the
+        outside since our server last refreshed it. Without a response seen
+        on our public addresses, fall back to half a refresh interval ahead.
+        """
+        current = current_served_valid_until(self._findings, self._snapshot.server_name)
+        if current is not None:
+            return current
+        return notary_minimum_valid_until_ts(
+            int(self._wall_clock() * 1000), self._snapshot.key_refresh_interval_ms
+        )
+
+    # -- federation.notary ---------------------------------------------------
+
+    async def _notaries(self) -> list[CheckResult]:
+        plan = plan_notary_checks(
+            self._snapshot, notary_check=self._settings.notary_check
+        )
+        results: list[CheckResult] = list(plan.skipped)
+        if plan.notaries:
+            results += await defer.gatherResults(
+                [defer.ensureDeferred(self._ask_notary(n)) for n in plan.notaries],
+                consumeErrors=True,
+            )
+        return results
+
+    async def _ask_notary(self, notary: TrustedKeyServerInfo) -> CheckResult:
+        # Find the notary as a Synapse peer would: with the same engine.
+        from synapse_fedhealth.network import NetworkChecker, NetworkSettings
+
+        key = self._snapshot.signing_keys[0]
+        minimum = self._minimum_valid_until_ts()
+        discovery_budget = self._remaining() * NOTARY_DISCOVERY_SHARE
+        finder = NetworkChecker(
+            self._reactor,
+            NetworkSettings(
+                server_name=notary.server_name,
+                timeout_s=max(0.1, discovery_budget),
+                cert_expiry_warning_days=self._settings.cert_expiry_warning_days,
+                ca_files=self._settings.ca_files,
+                dns_servers=self._settings.dns_servers,
+                user_agent=self._settings.user_agent,
+            ),
+            self._threadpool,
+            http=self._http,
+        )
+        found = await finder.run()
+        url = f"https://{notary.server_name}{NOTARY_QUERY_PATH}"
+        if not found.targets:
+            return judge_notary_error(
+                "unreachable",
+                "the notary's name did not resolve to any address from here",
+                notary=notary,
+                request={
+                    "url": url,
+                    "host_header": notary.server_name,
+                    "sni": notary.server_name,
+                },
+            )
+        target = found.targets[0]
+        url = f"https://{target.hostname}:{target.port}{NOTARY_QUERY_PATH}"
+        body = json.dumps(
+            build_notary_query(self._snapshot.server_name, [key.key_id], minimum)
+        )
+        result = await self._http.get(
+            url,
+            connect_to=(target.ip, target.port),
+            host_header=target.host_header,
+            sni=target.sni,
+            max_bytes=MAX_BODY,
+            timeout=self._remaining(),
+            method="POST",
+            extra_headers={"Content-Type": "application/json"},
+            body=body.encode("utf-8"),
+        )
+        request = result.request_details()
+        if result.status is None:
+            return judge_notary_error(
+                _error_kind(result),
+                result.error_message,
+                notary=notary,
+                request=request,
+            )
+        return judge_notary_answer(
+            result.status,
+            result.headers,
+            result.body,
+            notary=notary,
+            server_name=self._snapshot.server_name,
+            signing_key=key,
+            minimum_valid_until_ts=minimum,
+            request=request,
+        )
+
+
+def current_served_valid_until(findings: Any, server_name: str) -> int | None:
+    """The newest `valid_until_ts` of our own key responses that our public
+    addresses served in this run, if any."""
+    served = getattr(findings, "served_keys", None) or {}
+    values = [
+        keys.valid_until_ts
+        for keys in served.values()
+        if keys.server_name == server_name and isinstance(keys.valid_until_ts, int)
+    ]
+    return max(values) if values else None

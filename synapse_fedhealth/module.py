@@ -22,7 +22,10 @@ from synapse_fedhealth.config import (
 from synapse_fedhealth.echo import EchoResource, NonceBook, secret_from_signing_key
 from synapse_fedhealth.families import NETWORK_CHECK_IDS, NetworkFamily
 from synapse_fedhealth.insider_family import (
+    NOTARY_CHECK_IDS,
+    TARGET_CHECK_IDS,
     InsiderSettings,
+    NotaryFamily,
     OutsideViewFamily,
     TargetInsiderFamily,
     make_http,
@@ -35,6 +38,7 @@ from synapse_fedhealth.runner import (
     CheckFamily,
     CheckRunner,
     ReportCache,
+    SkippedFamily,
     skipped_family_results,
 )
 
@@ -184,17 +188,30 @@ class FedHealthModule:
         self, facts: Mapping[str, Any], remaining_s: float
     ) -> Sequence[CheckFamily]:
         findings = facts.get("network")
-        if findings is None or self._snapshot is None:
+        if self._snapshot is None:
             return []
+        if findings is None:
+            return [
+                SkippedFamily(
+                    "insider (targets)",
+                    TARGET_CHECK_IDS + NOTARY_CHECK_IDS,
+                    "not run: the network checks did not finish (see their results)",
+                )
+            ]
         settings = self._insider_settings(remaining_s)
+        http = make_http(self._reactor, settings, self._threadpool)
         return [
             TargetInsiderFamily(
+                self._reactor, self._snapshot, findings, http, remaining_s
+            ),
+            NotaryFamily(
                 self._reactor,
                 self._snapshot,
+                settings,
+                self._threadpool,
                 findings,
-                make_http(self._reactor, settings, self._threadpool),
-                remaining_s,
-            )
+                http,
+            ),
         ]
 
     def _network_skip_reason(self) -> str | None:

@@ -309,3 +309,17 @@ class ReportCache:
                 waiter.callback(result)
             else:
                 waiter.errback(result)
+
+
+class SkippedFamily:
+    """A family that did not run: its ids are reported as `skip` with why."""
+
+    def __init__(self, name: str, check_ids: Sequence[str], reason: str) -> None:
+        self.name = name
+        self.check_ids: Sequence[str] = tuple(check_ids)
+        self._reason = reason
+
+    async def run(self) -> FamilyOutcome:
+        return FamilyOutcome(
+            checks=skipped_family_results(self.check_ids, self._reason)
+        )

@@ -7,13 +7,15 @@ its cache when the cached copy is valid until at least the
 `minimum_valid_until_ts` we ask for, fetches from us otherwise, and answers
 200 with whatever it has (a stale copy, or nothing) when that fetch fails.
 
-So the minimum we ask decides what "fresh" proves. Synapse serves its key
-response with `valid_until_ts` between now + key_refresh_interval/2 and
-now + key_refresh_interval (local_key_resource.py: it refreshes once less
-than half the interval is left). Asking for now + key_refresh_interval/2
-(less a margin) means: a copy our server served within the last half
-interval passes, and an older one makes the notary fetch from us again. The
-notary is made to fetch at most once per half interval, not on every run.
+So the minimum we ask decides what "fresh" proves. The runner asks for the
+`valid_until_ts` of the key response our public addresses serve right now
+(seen by `federation.keys` in the same run): the newest response there is.
+A notary that returns it has fetched it from the outside since our server
+last refreshed it (Synapse refreshes it once less than half of
+key_refresh_interval is left, local_key_resource.py); an older cached copy
+makes the notary fetch from us again, and a stale answer means that fetch
+failed. Without such a response (our addresses served none), the minimum
+falls back to now + key_refresh_interval/2, less a margin.
 
 The answer is checked the way Synapse's `PerspectivesKeyFetcher` checks it
 (synapse/crypto/keyring.py:762-909): the notary's signature with the
@@ -367,10 +369,11 @@ def judge_notary_answer(
     return ok(
         NOTARY,
         # The notary may answer from its cache: a copy that satisfies the
-        # minimum was fetched from us at most about half a
-        # key_refresh_interval ago, not necessarily by this query.
-        f"the notary {name} has our current key {key_id}, fetched from the "
-        "outside at most about half a key_refresh_interval ago",
+        # minimum (the response we serve now) was fetched from the outside
+        # since our server last refreshed it, not necessarily by this query.
+        f"the notary {name} holds our current key {key_id} and key response "
+        "(valid until at least the one we serve now): it fetched it from "
+        "the outside",
         details=details,
         target=name,
     )

@@ -584,7 +584,7 @@ def test_notary(notary_world: NotaryWorld, world: InsiderWorld) -> None:
     notary = find_check(report, "federation.notary", w.peer.server_name)
     assert notary["status"] == "ok", brief(report, ids)
     assert notary["details"]["notary_signature"] == "valid", notary
-    assert "fetched from the outside" in notary["summary"], notary
+    assert "from the outside" in notary["summary"], notary
     fetched_b = w.key_fetches() - before
     # Ours (federation.keys) and the notary's own fetch.
     assert fetched_b == 2, w.hs.process.log_text()[-3000:]
