@@ -66,6 +66,8 @@ class FedHealthModule:
             minthreads=0, maxthreads=DNS_THREADS, name="synapse_fedhealth-dns"
         )
         self._snapshot_error: str | None = None
+        # Which of our listeners the public path reaches, once a run showed it.
+        self._public_listener_index: int | None = None
         try:
             self._snapshot: homeserver.HomeserverSnapshot | None = (
                 homeserver.snapshot_of(api)
@@ -145,6 +147,7 @@ class FedHealthModule:
                 cert_expiry_warning_days=self._config.cert_expiry_warning_days,
                 tls_ca_file=self._config.tls_ca_file,
                 now=self._reactor.seconds(),
+                public_listener_index=self._public_listener_index,
             ),
         )
         return results
@@ -292,6 +295,9 @@ class FedHealthModule:
 
     def _on_report(self, report: Report) -> None:
         record_report(report, cert_expiry_from(report))
+        self._public_listener_index = public_listener_index_from(
+            report, self._public_listener_index
+        )
         self._transitions.observe(report)
 
 
@@ -306,3 +312,13 @@ def cert_expiry_from(report: Report) -> dict[str, float]:
         if isinstance(not_after, (int, float)) and isinstance(host, str):
             expiry[host] = float(not_after)
     return expiry
+
+
+def public_listener_index_from(report: Report, previous: int | None) -> int | None:
+    """The listener the echo request reached through the public path."""
+    for check in report.checks:
+        if check.id == "proxy.forwarded_headers":
+            index = check.details.get("listener_index")
+            if isinstance(index, int):
+                return index
+    return previous

@@ -177,6 +177,9 @@ def judge_forwarded_headers(
     listener = _listener_for(record, listeners)
     where = _listener_name(record, listener)
     details["listener"] = where
+    if listener is not None:
+        # Lets config.x_forwarded judge this listener definitely next time.
+        details["listener_index"] = listener.index
 
     # An HTTP proxy shows itself by its headers, or by terminating TLS in
     # front of a plain listener. A different port alone proves nothing: NAT

@@ -159,3 +159,31 @@ def _report_now(module: FedHealthModule, refresh: bool = False) -> Report:
     d.addCallback(results.append)
     assert results, "the run should finish synchronously with fakes"
     return results[0]
+
+
+def test_public_listener_seen_by_a_run_makes_x_forwarded_definite(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from synapse_fedhealth.report import warn as warn_result
+
+    module, _, _ = _module(monkeypatch)
+    before = [c for c in module._static_checks() if c.id == "config.x_forwarded"]
+    assert before[0].summary.startswith("if a reverse proxy fronts")
+    report = Report.build(
+        server_name="example.com",
+        checks=[
+            warn_result(
+                "proxy.forwarded_headers",
+                "X-Forwarded-For did not arrive",
+                fix="f",
+                details={"listener_index": 0},
+            )
+        ],
+        federation_disabled=False,
+        generated_at=0,
+        duration_ms=0,
+    )
+    module._on_report(report)
+    after = [c for c in module._static_checks() if c.id == "config.x_forwarded"]
+    assert after[0].details.get("definite") is True
+    assert not after[0].summary.startswith("if a reverse proxy fronts")
