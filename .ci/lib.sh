@@ -64,6 +64,18 @@ ensure_test_tools() {
     # promtool validates and unit-tests contrib/prometheus (the service is
     # not started: apt_install blocks service starts).
     command -v promtool >/dev/null || missing+=(prometheus)
+    # tests/integration/test_workers.py: a main process and a worker share a
+    # PostgreSQL database and replicate over Redis (plain child processes on
+    # loopback; apt_install starts no service).
+    command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
+    command -v initdb >/dev/null || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
+        || missing+=(postgresql)
+    # psycopg2 (Synapse's PostgreSQL driver, for the worker tests) builds
+    # from source: it needs pg_config, a C compiler and Python's headers.
+    command -v pg_config >/dev/null || missing+=(libpq-dev)
+    command -v gcc >/dev/null || missing+=(gcc)
+    "$PYTHON" -c 'import os, sysconfig; assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' \
+        >/dev/null 2>&1 || missing+=(python3-dev)
     [ "${#missing[@]}" -gt 0 ] || return 0
     apt_install "${missing[@]}" && return 0
     # One by one, so that one unknown name does not block the others.
@@ -76,7 +88,8 @@ ensure_test_tools() {
     done
 }
 
-# ensure_venv: $REPO/.venv with the project and its extras ("test,lint" by default).
+# ensure_venv [EXTRAS]: $REPO/.venv with the project and its extras
+# ("test,lint" by default; "none" for the package alone, as the demo needs).
 ensure_venv() {
     local extras="${1:-test,lint}"
     ensure_python_venv
@@ -93,7 +106,9 @@ ensure_venv() {
         && (cd / && "$VENV/bin/python" -c 'import synapse_fedhealth') 2>/dev/null; then
         return 0
     fi
-    say "pip install -e '.[$extras]'"
-    "$VENV/bin/python" -m pip install -q -e "$REPO[$extras]" || return 1
+    local target="$REPO[$extras]"
+    [ "$extras" = none ] && target="$REPO"
+    say "pip install -e '$target'"
+    "$VENV/bin/python" -m pip install -q -e "$target" || return 1
     printf '%s\n' "$want" >"$stamp"
 }

@@ -191,7 +191,8 @@ class FedHealthModule:
         self, facts: Mapping[str, Any], remaining_s: float
     ) -> Sequence[CheckFamily]:
         findings = facts.get("network")
-        if self._snapshot is None:
+        if self._snapshot is None or self._network_skip_reason():
+            # The static part already reports these ids as `skip` with why.
             return []
         if findings is None:
             return [

@@ -199,15 +199,20 @@ class NetworkChecker:
         except defer.TimeoutError:
             pass
         except Exception as e:
+            # One line, no traceback: Synapse's log is the admin's, not ours.
             logger.warning(
-                "network checks: unexpected error while probing", exc_info=True
+                "network checks: unexpected error while probing: %s: %s",
+                type(e).__name__,
+                e,
             )
             obs.engine_error = f"{type(e).__name__}: {e}"
         try:
             return self._judge(obs)
         except Exception as e:  # a bug must not take the report down
             logger.warning(
-                "network checks: unexpected error while judging", exc_info=True
+                "network checks: unexpected error while judging: %s: %s",
+                type(e).__name__,
+                e,
             )
             return NetworkFindings(
                 checks=(
@@ -237,16 +242,20 @@ class NetworkChecker:
         """Await `make()` until `until`; a timeout or a bug becomes `on_fail(kind)`."""
         try:
             d: defer.Deferred[T] = defer.Deferred.fromCoroutine(make())
-        except Exception:
-            logger.warning("network checks: probe failed to start", exc_info=True)
+        except Exception as e:
+            logger.warning(
+                "network checks: probe failed to start: %s: %s", type(e).__name__, e
+            )
             return on_fail(ERR_ERROR)
         d.addTimeout(self._remaining(until), self._reactor)
         try:
             result: T = await d
         except defer.TimeoutError:
             return on_fail(ERR_TIMEOUT)
-        except Exception:
-            logger.warning("network checks: unexpected probe error", exc_info=True)
+        except Exception as e:
+            logger.warning(
+                "network checks: unexpected probe error: %s: %s", type(e).__name__, e
+            )
             return on_fail(ERR_ERROR)
         return result
 

@@ -23,7 +23,7 @@ from synapse_fedhealth.checks.config_names import (
     parse_server_name,
 )
 from synapse_fedhealth.homeserver import HomeserverSnapshot
-from synapse_fedhealth.report import CheckResult, fail, ok, skip, warn
+from synapse_fedhealth.report import CheckResult, fail, ok, warn
 
 logger = logging.getLogger(__name__)
 
@@ -383,13 +383,21 @@ def lint_config(
         try:
             results.extend(run())
         except Exception as e:
-            # A bug in a check must not hide the others or stop Synapse.
-            logger.exception("config check %s crashed", check_id)
+            # A bug in a check must not hide the others or stop Synapse, and
+            # must not put a traceback in Synapse's log: one line, and a
+            # `fail` with reason "error" for this check only.
+            logger.warning(
+                "config check %s raised %s: %s", check_id, type(e).__name__, e
+            )
             results.append(
-                skip(
+                fail(
                     check_id,
-                    f"could not run: internal error ({type(e).__name__}: {e})",
-                    details={"error": repr(e)},
+                    f"the check raised an internal error ({type(e).__name__}: {e})"[
+                        :300
+                    ],
+                    fix="This is a bug in synapse-fedhealth; the other checks are "
+                    "unaffected. Please report it with this summary.",
+                    details={"reason": "error", "error": repr(e)[:300]},
                 )
             )
     return results

@@ -38,6 +38,7 @@ from synapse_fedhealth.checks.xmatrix import (
 )
 from synapse_fedhealth.homeserver import HomeserverSnapshot, SigningKeyInfo
 from synapse_fedhealth.report import CheckResult, Status
+from tests.hypothesis_settings import REMOTE_INPUT_SETTINGS
 from tests.unit.insider_helpers import PROPERTY_SETTINGS, REQUEST, SERVER_NAME, make_key
 
 KEY = make_key()
@@ -514,7 +515,7 @@ def test_property_synapse_reads_what_we_write(
     assert _parse_auth_header(header.encode("ascii")) == (origin, key, sig, destination)
 
 
-@PROPERTY_SETTINGS
+@REMOTE_INPUT_SETTINGS
 @given(st.text(max_size=200))
 def test_property_parser_never_raises(text: str) -> None:
     result = parse_xmatrix_header(text)

@@ -57,6 +57,7 @@ from synapse_fedhealth.net.dns import (
 )
 from synapse_fedhealth.net.http import HttpResult
 from synapse_fedhealth.report import CheckResult, Status
+from tests.hypothesis_settings import REMOTE_INPUT_SETTINGS
 
 
 def strict_json(value: Any) -> str:
@@ -105,6 +106,7 @@ server_names = st.one_of(
 )
 
 
+@REMOTE_INPUT_SETTINGS
 @given(server_names)
 def test_server_name_parser_agrees_with_synapse(name: str) -> None:
     """We accept what Synapse accepts, split the same way, except ports that
@@ -239,6 +241,7 @@ header_texts = st.one_of(
 )
 
 
+@REMOTE_INPUT_SETTINGS
 @given(
     wk_bodies,
     st.sampled_from([200, 200, 200, 404, 500, 302]),
@@ -367,6 +370,7 @@ def key_bodies(draw: st.DrawFn) -> bytes:
     return encode_any(body)
 
 
+@REMOTE_INPUT_SETTINGS
 @given(
     key_bodies(),
     st.one_of(st.just("application/json"), st.text(max_size=20)),
@@ -483,6 +487,7 @@ def build_response(
     return response
 
 
+@REMOTE_INPUT_SETTINGS
 @given(
     st.integers(0, 65535),
     st.sampled_from(["SRV", "A", "AAAA"]),
@@ -523,6 +528,7 @@ def test_dns_answers(
         assert_renders(check_srv(decision))
 
 
+@REMOTE_INPUT_SETTINGS
 @given(st.binary(max_size=512), st.sampled_from(["SRV", "A", "AAAA"]))
 def test_dns_wire_bytes(wire: bytes, rdtype: str) -> None:
     """Arbitrary bytes from a DNS server: dnspython refuses them, or the
