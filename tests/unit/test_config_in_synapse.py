@@ -19,6 +19,7 @@ from signedjson.key import generate_signing_key, write_signing_keys
 from synapse.config._base import ConfigError, format_config_error
 from synapse.config.homeserver import HomeServerConfig
 
+from synapse_fedhealth.config import FedHealthConfig
 from tests.unit.test_config import INVALID_CONFIGS
 
 
@@ -69,4 +70,5 @@ def test_good_module_config_loads(tmp_path: Path) -> None:
     config = HomeServerConfig.load_config("synapse", ["-c", str(path)])
     ((module_class, parsed),) = config.modules.loaded_modules
     assert module_class.__name__ == "FedHealthModule"
+    assert isinstance(parsed, FedHealthConfig)
     assert parsed.timeout_ms == 3000
