@@ -3,7 +3,7 @@
 This file does not import Synapse, so the command line can use it. Errors are
 raised as `FedHealthConfigError` carrying the offending key; the module facade
 turns them into Synapse's `ConfigError`, which names the key in Synapse's
-start-up error ("modules.<0>.config.timeout: ...").
+start-up error ("modules.<item 0>.config.timeout: ...").
 """
 
 from __future__ import annotations
