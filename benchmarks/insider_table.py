@@ -149,15 +149,17 @@ def render(rows: Sequence[Mapping[str, Any]], suite_line: str) -> str:
             )
         out += [
             "",
-            "The minimum asked (now + key_refresh_interval/2 − 5 min) is met by any "
-            "copy the notary fetched within the last ~half key_refresh_interval, so "
-            "the second run is answered from the notary's cache (no fetch). A "
-            "notary's answer can't tell a fresh fetch from a cached copy (the same "
-            "bytes until our server refreshes its key response), so no minimum "
-            "would detect a break sooner: after a successful fetch, "
-            "`federation.notary` keeps saying ok for up to ~12 h (default "
-            "key_refresh_interval 1 d) while the other checks say broken. A "
-            "notary without a fresh copy (first row group above) does fail.",
+            "The minimum asked is the `valid_until_ts` of the key response our "
+            "public address serves now (seen by `federation.keys` in the same "
+            "run). A copy as new as that satisfies it, so the second run is "
+            "answered from the notary's cache (no fetch); an older copy makes "
+            "the notary fetch again. A notary's answer can't tell a fresh fetch "
+            "from a cached copy of the same response (the same bytes until our "
+            "server refreshes it, at most half a key_refresh_interval later), so "
+            "after a successful fetch `federation.notary` keeps saying ok until "
+            "that refresh (up to ~12 h with the default 1 d) while the other "
+            "checks say broken. A notary without our current response (first "
+            "row group above) does fail.",
         ]
     for r in monitoring:
         out += [
