@@ -93,7 +93,36 @@ def _error_kind(result: HttpResult) -> str:
     return result.error or "error"
 
 
-class OutsideViewFamily:
+class _BudgetedFamily:
+    """Shared plumbing: the snapshot, settings, HTTP client, and the family's
+    own deadline (`settings.timeout_s` from the start of `run()`)."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        snapshot: HomeserverSnapshot,
+        settings: InsiderSettings,
+        threadpool: Any,
+        http: ProbeHttpClient | None,
+        wall_clock: Callable[[], float],
+    ) -> None:
+        self._reactor = reactor
+        self._snapshot = snapshot
+        self._settings = settings
+        self._threadpool = threadpool
+        self._http = http or make_http(reactor, settings, threadpool)
+        self._wall_clock = wall_clock
+        self._deadline = 0.0
+
+    def _start_clock(self) -> None:
+        self._deadline = self._reactor.seconds() + self._settings.timeout_s
+
+    def _remaining(self) -> float:
+        now: float = self._reactor.seconds()
+        return max(0.0, self._deadline - now)
+
+
+class OutsideViewFamily(_BudgetedFamily):
     """Checks that need no resolved target of ours: the forwarded headers
     through the public client path, and the client well-known."""
 
@@ -111,21 +140,11 @@ class OutsideViewFamily:
         http: ProbeHttpClient | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self._reactor = reactor
-        self._snapshot = snapshot
-        self._settings = settings
-        self._threadpool = threadpool
+        super().__init__(reactor, snapshot, settings, threadpool, http, wall_clock)
         self._issue_nonce = issue_nonce
-        self._http = http or make_http(reactor, settings, threadpool)
-        self._wall_clock = wall_clock
-        self._deadline = 0.0
-
-    def _remaining(self) -> float:
-        now: float = self._reactor.seconds()
-        return max(0.0, self._deadline - now)
 
     async def run(self) -> FamilyOutcome:
-        self._deadline = self._reactor.seconds() + self._settings.timeout_s
+        self._start_clock()
         groups: list[list[CheckResult]] = await defer.gatherResults(
             [
                 defer.ensureDeferred(self._forwarded_headers()),
@@ -339,7 +358,7 @@ class TargetInsiderFamily:
         )
 
 
-class NotaryFamily:
+class NotaryFamily(_BudgetedFamily):
     """`federation.notary`: do the trusted key servers hold the key response
     this server serves now? Runs after the network family, which fetched that
     response from our public addresses."""
@@ -358,21 +377,11 @@ class NotaryFamily:
         *,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self._reactor = reactor
-        self._snapshot = snapshot
-        self._settings = settings
-        self._threadpool = threadpool
+        super().__init__(reactor, snapshot, settings, threadpool, http, wall_clock)
         self._findings = findings
-        self._http = http
-        self._wall_clock = wall_clock
-        self._deadline = 0.0
-
-    def _remaining(self) -> float:
-        now: float = self._reactor.seconds()
-        return max(0.0, self._deadline - now)
 
     async def run(self) -> FamilyOutcome:
-        self._deadline = self._reactor.seconds() + self._settings.timeout_s
+        self._start_clock()
         return FamilyOutcome(checks=tuple(await self._notaries()))
 
     def _minimum_valid_until_ts(self) -> int:

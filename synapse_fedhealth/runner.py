@@ -57,6 +57,23 @@ class CheckFamily(Protocol):
     def run(self) -> Awaitable[FamilyOutcome]: ...
 
 
+BUG_FIX = (
+    "This is a bug in synapse-fedhealth; the other checks are unaffected. "
+    "Please report it with this summary."
+)
+
+
+def internal_error(check_id: str, what: str, error: Exception) -> CheckResult:
+    """A check that could not run because of a bug of ours: a `fail` with
+    reason "error" for that id only (SPEC 5), never an exception."""
+    return fail(
+        check_id,
+        f"{what}: {type(error).__name__}: {error}"[:300],
+        fix=BUG_FIX,
+        details={"reason": "error"},
+    )
+
+
 def _placeholder_results(
     family: CheckFamily, *, reason: str, summary: str, fix: str
 ) -> tuple[CheckResult, ...]:
@@ -101,8 +118,7 @@ async def _run_family_bounded(
                 reason="error",
                 summary=f"{family.name} checks raised an internal error: "
                 f"{failure.getErrorMessage()[:200]}",
-                fix="This is a bug in synapse-fedhealth; the other checks are "
-                "unaffected. Please report it with this summary.",
+                fix=BUG_FIX,
             )
         )
 
@@ -147,25 +163,13 @@ class CheckRunner:
         try:
             checks.extend(self._static_checks())
         except Exception as e:
-            checks.append(
-                fail(
-                    "config",
-                    f"the config checks raised an internal error: {e}"[:300],
-                    fix="This is a bug in synapse-fedhealth; please report it.",
-                    details={"reason": "error"},
-                )
-            )
+            checks.append(internal_error("config", "the config checks raised", e))
         try:
             families = list(self._families())
         except Exception as e:
             families = []
             checks.append(
-                fail(
-                    "network",
-                    f"the network checks could not start: {e}"[:300],
-                    fix="This is a bug in synapse-fedhealth; please report it.",
-                    details={"reason": "error"},
-                )
+                internal_error("network", "the network checks could not start", e)
             )
         outcomes: list[FamilyOutcome] = await defer.gatherResults(
             [
@@ -191,11 +195,8 @@ class CheckRunner:
                 follow_ups = list(self._follow_ups(facts, remaining))
             except Exception as e:
                 checks.append(
-                    fail(
-                        "follow_up",
-                        f"the follow-up checks could not start: {e}"[:300],
-                        fix="This is a bug in synapse-fedhealth; please report it.",
-                        details={"reason": "error"},
+                    internal_error(
+                        "follow_up", "the follow-up checks could not start", e
                     )
                 )
         if follow_ups:
