@@ -399,7 +399,8 @@ def check_well_known_consistency(
     if not per_address:
         return skip(
             WELL_KNOWN_CONSISTENCY,
-            f"{server_name} has no address to fetch the well-known from",
+            f"not run: no address of {server_name} to fetch the well-known "
+            "from (see discovery.well_known and discovery.addresses)",
         )
     details: dict[str, Any] = {
         "url": f"https://{server_name}/.well-known/matrix/server",
