@@ -32,15 +32,25 @@ class NetworkFamily:
     name = "network"
     check_ids: Sequence[str] = NETWORK_CHECK_IDS
 
-    def __init__(self, reactor: Any, settings: Any, threadpool: ThreadPool) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        settings: Any,
+        threadpool: ThreadPool,
+        *,
+        resolver: Any = None,
+    ) -> None:
         self._reactor = reactor
         self.settings = settings
         self._threadpool = threadpool
+        self._resolver = resolver
 
     async def run(self) -> FamilyOutcome:
         from synapse_fedhealth.network import NetworkChecker
 
-        checker = NetworkChecker(self._reactor, self.settings, self._threadpool)
+        checker = NetworkChecker(
+            self._reactor, self.settings, self._threadpool, resolver=self._resolver
+        )
         findings = await checker.run()
         return FamilyOutcome(
             checks=with_skips_for_missing(findings.checks, NETWORK_CHECK_IDS),

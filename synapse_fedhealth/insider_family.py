@@ -50,7 +50,7 @@ from synapse_fedhealth.checks.signed_request import (
     signed_request_precheck,
 )
 from synapse_fedhealth.homeserver import HomeserverSnapshot, TrustedKeyServerInfo
-from synapse_fedhealth.net.dns import ThreadedDnsResolver
+from synapse_fedhealth.net.dns import DnsResolver, ThreadedDnsResolver
 from synapse_fedhealth.net.http import HttpResult, ProbeHttpClient
 from synapse_fedhealth.net.tls import TrustStore
 from synapse_fedhealth.report import CheckResult, Status, skip
@@ -77,7 +77,10 @@ class InsiderSettings:
 
 
 def make_http(
-    reactor: Any, settings: InsiderSettings, threadpool: Any
+    reactor: Any,
+    settings: InsiderSettings,
+    threadpool: Any,
+    resolver: DnsResolver | None = None,
 ) -> ProbeHttpClient:
     try:
         trust = TrustStore(settings.ca_files)
@@ -85,7 +88,8 @@ def make_http(
         # The network family reports an unreadable CA file; here, fall back
         # to the system store rather than fail every insider check twice.
         trust = TrustStore(())
-    resolver = ThreadedDnsResolver(reactor, threadpool, settings.dns_servers)
+    if resolver is None:
+        resolver = ThreadedDnsResolver(reactor, threadpool, settings.dns_servers)
     return ProbeHttpClient(reactor, resolver, trust, user_agent=settings.user_agent)
 
 
@@ -105,12 +109,14 @@ class _BudgetedFamily:
         threadpool: Any,
         http: ProbeHttpClient | None,
         wall_clock: Callable[[], float],
+        resolver: DnsResolver | None = None,
     ) -> None:
         self._reactor = reactor
         self._snapshot = snapshot
         self._settings = settings
         self._threadpool = threadpool
-        self._http = http or make_http(reactor, settings, threadpool)
+        self._resolver = resolver
+        self._http = http or make_http(reactor, settings, threadpool, resolver)
         self._wall_clock = wall_clock
         self._deadline = 0.0
 
@@ -139,8 +145,11 @@ class OutsideViewFamily(_BudgetedFamily):
         issue_nonce: Callable[[], str] | None,
         http: ProbeHttpClient | None = None,
         wall_clock: Callable[[], float] = time.time,
+        resolver: DnsResolver | None = None,
     ) -> None:
-        super().__init__(reactor, snapshot, settings, threadpool, http, wall_clock)
+        super().__init__(
+            reactor, snapshot, settings, threadpool, http, wall_clock, resolver
+        )
         self._issue_nonce = issue_nonce
 
     async def run(self) -> FamilyOutcome:
@@ -376,8 +385,11 @@ class NotaryFamily(_BudgetedFamily):
         http: ProbeHttpClient,
         *,
         wall_clock: Callable[[], float] = time.time,
+        resolver: DnsResolver | None = None,
     ) -> None:
-        super().__init__(reactor, snapshot, settings, threadpool, http, wall_clock)
+        super().__init__(
+            reactor, snapshot, settings, threadpool, http, wall_clock, resolver
+        )
         self._findings = findings
 
     async def run(self) -> FamilyOutcome:
@@ -434,6 +446,7 @@ class NotaryFamily(_BudgetedFamily):
             ),
             self._threadpool,
             http=self._http,
+            resolver=self._resolver,
         )
         found = await finder.run()
         url = f"https://{notary.server_name}{NOTARY_QUERY_PATH}"

@@ -32,6 +32,8 @@ from synapse_fedhealth.insider_family import (
 )
 from synapse_fedhealth.metrics import record_report
 from synapse_fedhealth.monitor import TransitionLogger, log_config_problems
+from synapse_fedhealth.net.dns import DnsResolver, ThreadedDnsResolver
+from synapse_fedhealth.net.dns_cache import RunScopedDnsCache
 from synapse_fedhealth.report import CheckResult, Report, fail
 from synapse_fedhealth.resource import FedHealthResource
 from synapse_fedhealth.runner import (
@@ -44,6 +46,8 @@ from synapse_fedhealth.runner import (
 
 if TYPE_CHECKING:
     from synapse.module_api import ModuleApi
+
+    from synapse_fedhealth.network import NetworkSettings
 
 logger = logging.getLogger("synapse_fedhealth")
 
@@ -161,13 +165,16 @@ class FedHealthModule:
         except Exception:
             return None
 
-    def _families(self) -> Sequence[CheckFamily]:
+    def _families(self, resolver: DnsResolver | None = None) -> Sequence[CheckFamily]:
         if self._network_skip_reason():
             return []
-        return [self._network_family(), self._outside_view_family()]
+        return [
+            self._network_family(resolver),
+            self._outside_view_family(resolver),
+        ]
 
     def _insider_settings(self, timeout_s: float) -> InsiderSettings:
-        network = self._network_family().settings
+        network = self._network_settings()
         return InsiderSettings(
             timeout_s=timeout_s,
             notary_check=self._config.notary_check,
@@ -177,7 +184,9 @@ class FedHealthModule:
             cert_expiry_warning_days=self._config.cert_expiry_warning_days,
         )
 
-    def _outside_view_family(self) -> OutsideViewFamily:
+    def _outside_view_family(
+        self, resolver: DnsResolver | None = None
+    ) -> OutsideViewFamily:
         assert self._snapshot is not None
         return OutsideViewFamily(
             self._reactor,
@@ -185,10 +194,14 @@ class FedHealthModule:
             self._insider_settings(self._config.timeout_s),
             self._threadpool,
             issue_nonce=self._nonces.issue,
+            resolver=resolver,
         )
 
     def _follow_ups(
-        self, facts: Mapping[str, Any], remaining_s: float
+        self,
+        facts: Mapping[str, Any],
+        remaining_s: float,
+        resolver: DnsResolver | None = None,
     ) -> Sequence[CheckFamily]:
         findings = facts.get("network")
         if self._snapshot is None or self._network_skip_reason():
@@ -203,7 +216,7 @@ class FedHealthModule:
                 )
             ]
         settings = self._insider_settings(remaining_s)
-        http = make_http(self._reactor, settings, self._threadpool)
+        http = make_http(self._reactor, settings, self._threadpool, resolver)
         return [
             TargetInsiderFamily(
                 self._reactor, self._snapshot, findings, http, remaining_s
@@ -215,6 +228,7 @@ class FedHealthModule:
                 self._threadpool,
                 findings,
                 http,
+                resolver=resolver,
             ),
         ]
 
@@ -230,7 +244,20 @@ class FedHealthModule:
             )
         return None
 
-    def _network_family(self) -> NetworkFamily:
+    def _network_family(self, resolver: DnsResolver | None = None) -> NetworkFamily:
+        return NetworkFamily(
+            self._reactor, self._network_settings(), self._threadpool, resolver=resolver
+        )
+
+    def _run_resolver(self) -> DnsResolver:
+        """One DNS cache per run: the same question gets the same answer."""
+        return RunScopedDnsCache(
+            ThreadedDnsResolver(
+                self._reactor, self._threadpool, self._config.dns_servers
+            )
+        )
+
+    def _network_settings(self) -> NetworkSettings:
         from synapse_fedhealth.network import NetworkSettings
 
         assert self._snapshot is not None
@@ -247,10 +274,11 @@ class FedHealthModule:
             dns_servers=self._config.dns_servers,
             user_agent=homeserver.user_agent_of(self._api),
         )
-        return NetworkFamily(self._reactor, settings, self._threadpool)
+        return settings
 
     def _make_runner(self) -> CheckRunner:
         skip_reason = self._network_skip_reason()
+        resolver = None if skip_reason else self._run_resolver()
 
         def static() -> Sequence[CheckResult]:
             checks = list(self._static_checks())
@@ -267,8 +295,10 @@ class FedHealthModule:
             server_name=self._api.server_name,
             timeout_s=self._config.timeout_s,
             static_checks=static,
-            families=self._families,
-            follow_ups=self._follow_ups,
+            families=lambda: self._families(resolver),
+            follow_ups=lambda facts, remaining_s: self._follow_ups(
+                facts, remaining_s, resolver
+            ),
             federation_disabled=bool(
                 self._snapshot is not None and self._snapshot.federation_disabled
             ),

@@ -143,7 +143,7 @@ def test_unreadable_synapse_config_does_not_crash(
 def test_report_runs_family_and_caches(monkeypatch: pytest.MonkeyPatch) -> None:
     module, _, _ = _module(monkeypatch)
     family = FakeNetworkFamily()
-    monkeypatch.setattr(module, "_families", lambda: [family])
+    monkeypatch.setattr(module, "_families", lambda *args: [family])
     first = _report_now(module)
     second = _report_now(module)
     assert first is second
