@@ -39,17 +39,28 @@ class NetworkFamily:
         threadpool: ThreadPool,
         *,
         resolver: Any = None,
+        http: Any = None,
+        trust: Any = None,
     ) -> None:
         self._reactor = reactor
         self.settings = settings
         self._threadpool = threadpool
+        # Shared with the other families of the run (one DNS cache, one
+        # client, one trust store); built by the checker when not given.
         self._resolver = resolver
+        self._http = http
+        self._trust = trust
 
     async def run(self) -> FamilyOutcome:
         from synapse_fedhealth.network import NetworkChecker
 
         checker = NetworkChecker(
-            self._reactor, self.settings, self._threadpool, resolver=self._resolver
+            self._reactor,
+            self.settings,
+            self._threadpool,
+            resolver=self._resolver,
+            http=self._http,
+            trust=self._trust,
         )
         findings = await checker.run()
         return FamilyOutcome(

@@ -81,13 +81,16 @@ def make_http(
     settings: InsiderSettings,
     threadpool: Any,
     resolver: DnsResolver | None = None,
+    trust: TrustStore | None = None,
 ) -> ProbeHttpClient:
-    try:
-        trust = TrustStore(settings.ca_files)
-    except Exception:
-        # The network family reports an unreadable CA file; here, fall back
-        # to the system store rather than fail every insider check twice.
-        trust = TrustStore(())
+    if trust is None:
+        try:
+            trust = TrustStore(settings.ca_files)
+        except Exception:
+            # The network family reports an unreadable CA file; here, fall
+            # back to the system store rather than fail every insider check
+            # twice.
+            trust = TrustStore(())
     if resolver is None:
         resolver = ThreadedDnsResolver(reactor, threadpool, settings.dns_servers)
     return ProbeHttpClient(reactor, resolver, trust, user_agent=settings.user_agent)
@@ -106,18 +109,12 @@ class _BudgetedFamily:
         reactor: Any,
         snapshot: HomeserverSnapshot,
         settings: InsiderSettings,
-        threadpool: Any,
-        http: ProbeHttpClient | None,
-        wall_clock: Callable[[], float],
-        resolver: DnsResolver | None = None,
+        http: ProbeHttpClient,
     ) -> None:
         self._reactor = reactor
         self._snapshot = snapshot
         self._settings = settings
-        self._threadpool = threadpool
-        self._resolver = resolver
-        self._http = http or make_http(reactor, settings, threadpool, resolver)
-        self._wall_clock = wall_clock
+        self._http = http
         self._deadline = 0.0
 
     def _start_clock(self) -> None:
@@ -140,16 +137,11 @@ class OutsideViewFamily(_BudgetedFamily):
         reactor: Any,
         snapshot: HomeserverSnapshot,
         settings: InsiderSettings,
-        threadpool: Any,
+        http: ProbeHttpClient,
         *,
         issue_nonce: Callable[[], str] | None,
-        http: ProbeHttpClient | None = None,
-        wall_clock: Callable[[], float] = time.time,
-        resolver: DnsResolver | None = None,
     ) -> None:
-        super().__init__(
-            reactor, snapshot, settings, threadpool, http, wall_clock, resolver
-        )
+        super().__init__(reactor, snapshot, settings, http)
         self._issue_nonce = issue_nonce
 
     async def run(self) -> FamilyOutcome:
@@ -384,13 +376,17 @@ class NotaryFamily(_BudgetedFamily):
         findings: Any,
         http: ProbeHttpClient,
         *,
-        wall_clock: Callable[[], float] = time.time,
         resolver: DnsResolver | None = None,
+        trust: TrustStore | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(
-            reactor, snapshot, settings, threadpool, http, wall_clock, resolver
-        )
+        super().__init__(reactor, snapshot, settings, http)
+        self._threadpool = threadpool
         self._findings = findings
+        # The notary is found with the run's own DNS cache and trust store.
+        self._resolver = resolver
+        self._trust = trust
+        self._wall_clock = wall_clock
 
     async def run(self) -> FamilyOutcome:
         self._start_clock()
@@ -447,6 +443,7 @@ class NotaryFamily(_BudgetedFamily):
             self._threadpool,
             http=self._http,
             resolver=self._resolver,
+            trust=self._trust,
         )
         found = await finder.run()
         url = f"https://{notary.server_name}{NOTARY_QUERY_PATH}"

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import attr
 from synapse.logging.context import PreserveLoggingContext
 from synapse.module_api.errors import ConfigError
 from twisted.internet import defer
@@ -34,6 +35,8 @@ from synapse_fedhealth.metrics import record_report
 from synapse_fedhealth.monitor import TransitionLogger, log_config_problems
 from synapse_fedhealth.net.dns import DnsResolver, ThreadedDnsResolver
 from synapse_fedhealth.net.dns_cache import RunScopedDnsCache
+from synapse_fedhealth.net.http import ProbeHttpClient
+from synapse_fedhealth.net.tls import TrustStore
 from synapse_fedhealth.report import CheckResult, Report, fail
 from synapse_fedhealth.resource import FedHealthResource
 from synapse_fedhealth.runner import (
@@ -55,6 +58,15 @@ ENDPOINT_PATH = "/_synapse/fedhealth"
 DNS_THREADS = 4  # DNS lookups are few and short; bounded so they can't pile up
 
 
+@attr.s(frozen=True, slots=True, auto_attribs=True, kw_only=True)
+class RunIO:
+    """The I/O objects the families of one run share."""
+
+    resolver: DnsResolver
+    trust: TrustStore | None
+    http: ProbeHttpClient
+
+
 class FedHealthModule:
     """Checks federation health from inside Synapse.
 
@@ -72,6 +84,7 @@ class FedHealthModule:
         self._snapshot_error: str | None = None
         # Which of our listeners the public path reaches, once a run showed it.
         self._public_listener_index: int | None = None
+        self._trust: TrustStore | None = None
         try:
             self._snapshot: homeserver.HomeserverSnapshot | None = (
                 homeserver.snapshot_of(api)
@@ -165,12 +178,26 @@ class FedHealthModule:
         except Exception:
             return None
 
-    def _families(self, resolver: DnsResolver | None = None) -> Sequence[CheckFamily]:
-        if self._network_skip_reason():
+    def _families(self, run_io: RunIO | None = None) -> Sequence[CheckFamily]:
+        if self._network_skip_reason() or run_io is None:
             return []
+        assert self._snapshot is not None
         return [
-            self._network_family(resolver),
-            self._outside_view_family(resolver),
+            NetworkFamily(
+                self._reactor,
+                self._network_settings(),
+                self._threadpool,
+                resolver=run_io.resolver,
+                http=run_io.http,
+                trust=run_io.trust,
+            ),
+            OutsideViewFamily(
+                self._reactor,
+                self._snapshot,
+                self._insider_settings(self._config.timeout_s),
+                run_io.http,
+                issue_nonce=self._nonces.issue,
+            ),
         ]
 
     def _insider_settings(self, timeout_s: float) -> InsiderSettings:
@@ -184,27 +211,14 @@ class FedHealthModule:
             cert_expiry_warning_days=self._config.cert_expiry_warning_days,
         )
 
-    def _outside_view_family(
-        self, resolver: DnsResolver | None = None
-    ) -> OutsideViewFamily:
-        assert self._snapshot is not None
-        return OutsideViewFamily(
-            self._reactor,
-            self._snapshot,
-            self._insider_settings(self._config.timeout_s),
-            self._threadpool,
-            issue_nonce=self._nonces.issue,
-            resolver=resolver,
-        )
-
     def _follow_ups(
         self,
         facts: Mapping[str, Any],
         remaining_s: float,
-        resolver: DnsResolver | None = None,
+        run_io: RunIO | None = None,
     ) -> Sequence[CheckFamily]:
         findings = facts.get("network")
-        if self._snapshot is None or self._network_skip_reason():
+        if self._snapshot is None or self._network_skip_reason() or run_io is None:
             # The static part already reports these ids as `skip` with why.
             return []
         if findings is None:
@@ -215,20 +229,19 @@ class FedHealthModule:
                     "not run: the network checks did not finish (see their results)",
                 )
             ]
-        settings = self._insider_settings(remaining_s)
-        http = make_http(self._reactor, settings, self._threadpool, resolver)
         return [
             TargetInsiderFamily(
-                self._reactor, self._snapshot, findings, http, remaining_s
+                self._reactor, self._snapshot, findings, run_io.http, remaining_s
             ),
             NotaryFamily(
                 self._reactor,
                 self._snapshot,
-                settings,
+                self._insider_settings(remaining_s),
                 self._threadpool,
                 findings,
-                http,
-                resolver=resolver,
+                run_io.http,
+                resolver=run_io.resolver,
+                trust=run_io.trust,
             ),
         ]
 
@@ -244,18 +257,34 @@ class FedHealthModule:
             )
         return None
 
-    def _network_family(self, resolver: DnsResolver | None = None) -> NetworkFamily:
-        return NetworkFamily(
-            self._reactor, self._network_settings(), self._threadpool, resolver=resolver
-        )
-
-    def _run_resolver(self) -> DnsResolver:
-        """One DNS cache per run: the same question gets the same answer."""
-        return RunScopedDnsCache(
+    def _run_io(self) -> RunIO:
+        """What the families of one run share: one DNS cache (the same
+        question gets the same answer), one HTTP client, and the trust store,
+        which is read once and not on every run."""
+        resolver = RunScopedDnsCache(
             ThreadedDnsResolver(
                 self._reactor, self._threadpool, self._config.dns_servers
             )
         )
+        trust = self._trust_store()
+        http = make_http(
+            self._reactor,
+            self._insider_settings(self._config.timeout_s),
+            self._threadpool,
+            resolver,
+            trust,
+        )
+        return RunIO(resolver=resolver, trust=trust, http=http)
+
+    def _trust_store(self) -> TrustStore | None:
+        """Built on first use. None when a CA file can't be read: then the
+        network checks build their own and report the problem."""
+        if self._trust is None:
+            try:
+                self._trust = TrustStore(self._network_settings().ca_files)
+            except (OSError, ValueError):
+                return None
+        return self._trust
 
     def _network_settings(self) -> NetworkSettings:
         from synapse_fedhealth.network import NetworkSettings
@@ -278,7 +307,7 @@ class FedHealthModule:
 
     def _make_runner(self) -> CheckRunner:
         skip_reason = self._network_skip_reason()
-        resolver = None if skip_reason else self._run_resolver()
+        run_io = None if skip_reason else self._run_io()
 
         def static() -> Sequence[CheckResult]:
             checks = list(self._static_checks())
@@ -295,9 +324,9 @@ class FedHealthModule:
             server_name=self._api.server_name,
             timeout_s=self._config.timeout_s,
             static_checks=static,
-            families=lambda: self._families(resolver),
+            families=lambda: self._families(run_io),
             follow_ups=lambda facts, remaining_s: self._follow_ups(
-                facts, remaining_s, resolver
+                facts, remaining_s, run_io
             ),
             federation_disabled=bool(
                 self._snapshot is not None and self._snapshot.federation_disabled

@@ -7,8 +7,7 @@ access token, exactly as Synapse's admin API takes it.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from synapse.api.errors import AuthError, Codes, SynapseError
@@ -91,10 +90,3 @@ class FedHealthResource(DirectServeJsonResource):
             return None
         request.setHeader(b"Cache-Control", b"no-store")  # type: ignore[no-untyped-call]
         return 200, report.to_json()
-
-
-def report_json_text(report: Report) -> str:
-    return json.dumps(report.to_json(), indent=2, sort_keys=False)
-
-
-AsyncReportGetter = Callable[[bool], Awaitable[Report]]

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import secrets
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attr
@@ -211,6 +211,42 @@ def signed_request_precheck(snapshot: HomeserverSnapshot) -> CheckResult | None:
     return None
 
 
+# Synapse's 401/400 texts, the marker that identifies each, and what it means
+# (see the table in the module docstring): (marker, reason, summary, fix).
+_AUTH_FAILURES: tuple[tuple[str, str, str, Callable[[str, str], str]], ...] = (
+    (
+        "invalid signature",
+        "uri_rewritten",
+        "Synapse rejected our signature ({quoted}): the proxy rewrites the request URI",
+        lambda server_name, key_id: FIX_URI_REWRITTEN,
+    ),
+    (
+        "destination",
+        "destination_mismatch",
+        "the server behind this address is not {server_name} ({quoted})",
+        lambda server_name, key_id: FIX_DESTINATION.format(server_name=server_name),
+    ),
+    (
+        "missing authorization",
+        "authorization_dropped",
+        "the Authorization header did not reach Synapse ({quoted})",
+        lambda server_name, key_id: FIX_NO_AUTH_HEADER,
+    ),
+    (
+        "malformed authorization",
+        "authorization_altered",
+        "the Authorization header reached Synapse altered ({quoted})",
+        lambda server_name, key_id: FIX_MALFORMED_AUTH,
+    ),
+    (
+        "failed to find any key",
+        "key_unknown",
+        "the server behind this address does not know our key ({quoted})",
+        lambda server_name, key_id: FIX_NO_KEY.format(key_id=key_id),
+    ),
+)
+
+
 def _auth_failure(
     status: int,
     errcode: str,
@@ -223,52 +259,16 @@ def _auth_failure(
 ) -> CheckResult:
     lowered = error.lower()
     quoted = f"{status} {errcode} {error[:ERROR_MESSAGE_CHARS]!r}"
-    if "invalid signature" in lowered:
-        details["reason"] = "uri_rewritten"
-        return fail(
-            SIGNED_REQUEST,
-            f"Synapse rejected our signature ({quoted}): the proxy rewrites the "
-            "request URI",
-            fix=FIX_URI_REWRITTEN,
-            details=details,
-            target=target,
-        )
-    if "destination" in lowered:
-        details["reason"] = "destination_mismatch"
-        return fail(
-            SIGNED_REQUEST,
-            f"the server behind this address is not {server_name} ({quoted})",
-            fix=FIX_DESTINATION.format(server_name=server_name),
-            details=details,
-            target=target,
-        )
-    if "missing authorization" in lowered:
-        details["reason"] = "authorization_dropped"
-        return fail(
-            SIGNED_REQUEST,
-            f"the Authorization header did not reach Synapse ({quoted})",
-            fix=FIX_NO_AUTH_HEADER,
-            details=details,
-            target=target,
-        )
-    if "malformed authorization" in lowered:
-        details["reason"] = "authorization_altered"
-        return fail(
-            SIGNED_REQUEST,
-            f"the Authorization header reached Synapse altered ({quoted})",
-            fix=FIX_MALFORMED_AUTH,
-            details=details,
-            target=target,
-        )
-    if "failed to find any key" in lowered:
-        details["reason"] = "key_unknown"
-        return fail(
-            SIGNED_REQUEST,
-            f"the server behind this address does not know our key ({quoted})",
-            fix=FIX_NO_KEY.format(key_id=key_id or "(our key)"),
-            details=details,
-            target=target,
-        )
+    for marker, reason, summary, fix in _AUTH_FAILURES:
+        if marker in lowered:
+            details["reason"] = reason
+            return fail(
+                SIGNED_REQUEST,
+                summary.format(quoted=quoted, server_name=server_name),
+                fix=fix(server_name, key_id or "(our key)"),
+                details=details,
+                target=target,
+            )
     details["reason"] = "rejected"
     return fail(
         SIGNED_REQUEST,

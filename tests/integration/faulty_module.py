@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from synapse_fedhealth import FedHealthModule
 from synapse_fedhealth.checks import config_lint
 from synapse_fedhealth.config import FedHealthConfig
-from synapse_fedhealth.net.dns import DnsResolver
+from synapse_fedhealth.module import RunIO
 from synapse_fedhealth.runner import CheckFamily, FamilyOutcome
 
 if TYPE_CHECKING:
@@ -71,8 +71,8 @@ class FaultyModule(FedHealthModule):
             raise ConfigError(f"unknown faults {sorted(unknown)}", path=("faults",))
         return faults, FedHealthModule.parse_config(config)
 
-    def _families(self, resolver: DnsResolver | None = None) -> Sequence[CheckFamily]:
-        families = list(super()._families(resolver))
+    def _families(self, run_io: RunIO | None = None) -> Sequence[CheckFamily]:
+        families = list(super()._families(run_io))
         if "family" in self._faults:
             families.append(RaisingFamily())
         return families
