@@ -9,25 +9,26 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from synapse_fedhealth._version import __version__
+from synapse_fedhealth.check_ids import ids_needing_more_than_outside_view
+from synapse_fedhealth.report import Report, skip
+from synapse_fedhealth.settings import RunSettings
+
+if TYPE_CHECKING:
+    from synapse_fedhealth.wiring import RunIO
 
 EXIT_OK = 0
 EXIT_BROKEN = 1
 EXIT_USAGE = 2
 DEFAULT_TIMEOUT_S = 10.0
 MAX_TIMEOUT_S = 300.0
-DNS_THREADS = 10
 
 INSIDER_ONLY_REASON = "needs the server's own config/key: run inside Synapse"
-INSIDER_ONLY_IDS = (
-    "config",
-    "federation.key_matches_local",
-    "federation.signed_request",
-    "federation.notary",
-    "proxy.forwarded_headers",
+# "config" stands for every config.* check.
+INSIDER_ONLY_IDS = ("config",) + tuple(
+    i for i in ids_needing_more_than_outside_view() if not i.startswith("config.")
 )
 OUTSIDER_NOTE = (
     "Checked from outside with `python -m synapse_fedhealth check`: the verdict "
@@ -92,12 +93,11 @@ def main_check(argv_namespace: argparse.Namespace) -> int:
         except OSError as e:
             return _usage_error(f"--ca-file: {e}")
 
-    from synapse_fedhealth.network import NetworkSettings
+    from synapse_fedhealth.settings import RunSettings
 
-    settings = NetworkSettings(
+    settings = RunSettings(
         server_name=args.server_name,
         timeout_s=args.timeout,
-        cert_expiry_warning_days=14,
         ca_files=tuple(args.ca_file),
         dns_servers=tuple(args.dns_server),
         user_agent=f"synapse-fedhealth/{__version__}",
@@ -112,26 +112,29 @@ def main_check(argv_namespace: argparse.Namespace) -> int:
 
 def _render_text(report: Any) -> str:
     try:
-        from synapse_fedhealth.render import render_text
+        from synapse_fedhealth.render.text import render_text
     except ImportError:
         return json.dumps(report.to_json(), indent=2)
     text: str = render_text(report)
     return text
 
 
-def _run_in_reactor(settings: Any) -> Any:
+def _run_in_reactor(settings: RunSettings) -> Report:
     from twisted.internet import defer, task
-    from twisted.python.threadpool import ThreadPool
 
-    outcome: dict[str, Any] = {}
+    from synapse_fedhealth.wiring import ProcessIO
+
+    outcome: dict[str, Report] = {}
 
     def _main(reactor: Any) -> defer.Deferred[None]:
-        pool = ThreadPool(minthreads=0, maxthreads=DNS_THREADS, name="fedhealth-dns")
-        pool.start()
-        reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
+        io = ProcessIO(reactor)
+        io.start()
+        reactor.addSystemEventTrigger("during", "shutdown", io.stop)
 
         async def _go() -> None:
-            outcome["report"] = await build_outside_report(reactor, settings, pool)
+            outcome["report"] = await build_outside_report(
+                reactor, settings, io.for_run(settings)
+            )
 
         return defer.ensureDeferred(_go())
 
@@ -146,36 +149,22 @@ def _run_in_reactor(settings: Any) -> Any:
 
 
 async def build_outside_report(
-    reactor: Any, settings: Any, threadpool: Any, **engine: Any
-) -> Any:
-    """Run the engine and build the outsider's `Report` (tested directly)."""
-    from synapse_fedhealth.network import NetworkChecker
-    from synapse_fedhealth.report import Report, skip
+    reactor: Any, settings: RunSettings, io: RunIO
+) -> Report:
+    """Run the outsider's families and build its `Report` (tested directly)."""
+    from synapse_fedhealth.families import OutsiderFamilies
+    from synapse_fedhealth.runner import CheckRunner
 
-    started = time.time()
-    findings = await NetworkChecker(reactor, settings, threadpool, **engine).run()
-    skipped = [
-        skip(check_id, f"skipped: {INSIDER_ONLY_REASON}")
-        for check_id in INSIDER_ONLY_IDS
-    ]
-    checks = list(findings.checks) + skipped
-    report = Report.build(
+    families = OutsiderFamilies()
+    runner = CheckRunner(
+        reactor=reactor,
         server_name=settings.server_name,
-        checks=checks,
-        federation_disabled=False,
-        generated_at=int(started * 1000),
-        duration_ms=int((time.time() - started) * 1000),
+        timeout_s=settings.timeout_s,
+        static_checks=lambda: [
+            skip(check_id, f"skipped: {INSIDER_ONLY_REASON}")
+            for check_id in INSIDER_ONLY_IDS
+        ],
+        families=lambda: families.first(io, settings),
         notes=[OUTSIDER_NOTE],
-        federation_tester=findings.federation_tester,
     )
-    tester = dict(report.federation_tester)
-    tester["FederationOK"] = report.federation_ok
-    return Report.build(
-        server_name=report.server_name,
-        checks=report.checks,
-        federation_disabled=False,
-        generated_at=report.generated_at,
-        duration_ms=report.duration_ms,
-        notes=report.notes,
-        federation_tester=tester,
-    )
+    return await runner.run()

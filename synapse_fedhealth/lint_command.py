@@ -61,7 +61,7 @@ def main_lint(args: argparse.Namespace) -> int:
         parse_fedhealth_config,
     )
     from synapse_fedhealth.homeserver import module_entry_config, snapshot_from_raw
-    from synapse_fedhealth.render import render_text
+    from synapse_fedhealth.render.text import render_text
 
     started = time.time()
     try:

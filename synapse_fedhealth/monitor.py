@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from synapse_fedhealth.render import problem_line, summary_line
+from synapse_fedhealth.render.text import problem_line, summary_line
 from synapse_fedhealth.report import CheckResult, Report, Status
 
 logger = logging.getLogger("synapse_fedhealth")

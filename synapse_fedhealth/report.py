@@ -140,6 +140,17 @@ def compute_verdict(
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True, kw_only=True)
+class RunFacts:
+    """What a run learned that outlives its report's check results."""
+
+    # Certificate name -> the earliest notAfter (unix seconds) served for it.
+    cert_expiry: Mapping[str, float] = attr.ib(factory=dict)
+    # The index of our listener that the public path reached (the echo
+    # request arrived there); it makes config.x_forwarded definite.
+    public_listener_index: int | None = None
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True, kw_only=True)
 class Report:
     server_name: str
     verdict: Verdict
@@ -150,6 +161,8 @@ class Report:
     # Extra remarks for the reader (e.g. "only what an outsider can see").
     notes: Sequence[str] = ()
     federation_tester: Mapping[str, Any] = attr.ib(factory=dict)
+    # What the run learned beyond its check results (not in the JSON).
+    facts: RunFacts = attr.ib(factory=lambda: RunFacts())
 
     @property
     def federation_ok(self) -> bool:
@@ -167,6 +180,7 @@ class Report:
         vantage: str = VANTAGE_THIS_HOST,
         notes: Sequence[str] = (),
         federation_tester: Mapping[str, Any] | None = None,
+        facts: RunFacts | None = None,
     ) -> Report:
         return cls(
             server_name=server_name,
@@ -177,6 +191,7 @@ class Report:
             vantage=vantage,
             notes=tuple(notes),
             federation_tester=federation_tester or {},
+            facts=facts or RunFacts(),
         )
 
     def problems(self) -> list[CheckResult]:

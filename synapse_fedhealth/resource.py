@@ -15,7 +15,7 @@ from synapse.http.server import DirectServeJsonResource, finish_request
 from synapse.logging.context import make_deferred_yieldable
 from twisted.internet import defer
 
-from synapse_fedhealth.render import render_text
+from synapse_fedhealth.render.text import render_text
 from synapse_fedhealth.report import Report
 
 if TYPE_CHECKING:

@@ -9,32 +9,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attr
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from synapse_fedhealth.report import CheckResult, Report, fail, skip
+from synapse_fedhealth.engine.deadline import REPORT_MARGIN_S, Clock, Deadline
+from synapse_fedhealth.report import CheckResult, Report, RunFacts, fail, skip
+
+if TYPE_CHECKING:
+    from synapse_fedhealth.engine.network_checker import NetworkFindings
 
 logger = logging.getLogger("synapse_fedhealth")
-
-# Grace on top of the configured timeout before the runner gives up on a
-# family that failed to honour its own deadline: a safety net, not a budget.
-DEADLINE_GRACE_S = 0.5
-# Follow-ups stop this much before the deadline, so that gathering their
-# results and building the report still fits inside `timeout`.
-FOLLOW_UP_MARGIN_S = 0.05
-
-
-class ReactorClock(Protocol):
-    """The part of the reactor the runner uses (IReactorTime)."""
-
-    def seconds(self) -> float: ...
-
-    def callLater(
-        self, delay: float, callable: Callable[..., Any], *args: Any, **kw: Any
-    ) -> Any: ...
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True, kw_only=True)
@@ -42,9 +29,11 @@ class FamilyOutcome:
     """What one family of checks found."""
 
     checks: tuple[CheckResult, ...]
-    federation_tester: dict[str, Any] = attr.ib(factory=dict)
-    # Facts later families may use (e.g. served keys), keyed by name.
-    facts: dict[str, Any] = attr.ib(factory=dict)
+    federation_tester: Mapping[str, Any] = attr.ib(factory=dict)
+    # The network family's findings, for the follow-up families.
+    network: NetworkFindings | None = None
+    # The listener the public path reached (proxy.forwarded_headers).
+    public_listener_index: int | None = None
 
 
 class CheckFamily(Protocol):
@@ -54,8 +43,13 @@ class CheckFamily(Protocol):
     # The ids reported as timed out / errored if the family does not finish.
     check_ids: Sequence[str]
 
-    def run(self) -> Awaitable[FamilyOutcome]: ...
+    def run(self, deadline: Deadline) -> Awaitable[FamilyOutcome]:
+        """Finish by `deadline`, the run's one deadline."""
 
+
+# Follow-up families run after the first ones, with the network findings
+# (None when the network family did not run or did not finish).
+FollowUps = Callable[["NetworkFindings | None"], Sequence[CheckFamily]]
 
 BUG_FIX = (
     "This is a bug in synapse-fedhealth; the other checks are unaffected. "
@@ -84,12 +78,13 @@ def _placeholder_results(
 
 
 async def _run_family_bounded(
-    reactor: ReactorClock, family: CheckFamily, timeout_s: float
+    family: CheckFamily, deadline: Deadline, cut_at: Deadline, timeout_s: float
 ) -> FamilyOutcome:
-    """Run a family; a timeout or an exception becomes `fail` results for the
-    family's ids, never an exception."""
-    d: defer.Deferred[FamilyOutcome] = defer.ensureDeferred(_call(family))
-    d.addTimeout(timeout_s + DEADLINE_GRACE_S, reactor)  # type: ignore[arg-type]
+    """Run a family until `cut_at` (the end of the run's budget); a timeout or
+    an exception becomes `fail` results for the family's ids, never an
+    exception."""
+    d: defer.Deferred[FamilyOutcome] = defer.ensureDeferred(_call(family, deadline))
+    d.addTimeout(cut_at.remaining_s(), cut_at.clock)  # type: ignore[arg-type]
     try:
         return await d
     except defer.TimeoutError:
@@ -123,30 +118,31 @@ async def _run_family_bounded(
         )
 
 
-async def _call(family: CheckFamily) -> FamilyOutcome:
-    return await family.run()
+async def _call(family: CheckFamily, deadline: Deadline) -> FamilyOutcome:
+    return await family.run(deadline)
 
 
 class CheckRunner:
     """Produces one `Report` per `run()`.
 
     `static_checks` are cheap synchronous checks (config lint). `families` are
-    asynchronous groups run concurrently under the one deadline.
-    `after_families` run once those finished, with their facts.
+    asynchronous groups run concurrently under the one deadline; `follow_ups`
+    run once those finished, with their findings, under the same deadline.
+    `timeout_s` is the wall-clock budget of the whole run: the report is
+    ready by then, whatever hangs.
     """
 
     def __init__(
         self,
         *,
-        reactor: ReactorClock,
+        reactor: Clock,
         server_name: str,
         timeout_s: float,
         static_checks: Callable[[], Sequence[CheckResult]],
         families: Callable[[], Sequence[CheckFamily]],
         federation_disabled: bool = False,
         notes: Sequence[str] = (),
-        follow_ups: Callable[[Mapping[str, Any], float], Sequence[CheckFamily]]
-        | None = None,
+        follow_ups: FollowUps | None = None,
     ) -> None:
         self._reactor = reactor
         self._server_name = server_name
@@ -159,6 +155,9 @@ class CheckRunner:
 
     async def run(self) -> Report:
         started = self._reactor.seconds()
+        budget = Deadline.after(self._reactor, self._timeout_s)
+        # Families aim at this; what is left is for building the report.
+        deadline = budget.earlier(REPORT_MARGIN_S)
         checks: list[CheckResult] = []
         try:
             checks.extend(self._static_checks())
@@ -171,48 +170,26 @@ class CheckRunner:
             checks.append(
                 internal_error("network", "the network checks could not start", e)
             )
-        outcomes: list[FamilyOutcome] = await defer.gatherResults(
-            [
-                defer.ensureDeferred(
-                    _run_family_bounded(self._reactor, family, self._timeout_s)
-                )
-                for family in families
-            ],
-            consumeErrors=True,
-        )
-        facts: dict[str, Any] = {}
-        for outcome in outcomes:
-            facts.update(outcome.facts)
-        # Follow-ups need what the families found (e.g. the resolved targets)
-        # and share what is left of the one deadline.
-        remaining = max(
-            0.0,
-            self._timeout_s - (self._reactor.seconds() - started) - FOLLOW_UP_MARGIN_S,
-        )
+        outcomes = await self._run_all(families, deadline, budget)
+        network = next((o.network for o in outcomes if o.network is not None), None)
         follow_ups: list[CheckFamily] = []
         if self._follow_ups is not None:
             try:
-                follow_ups = list(self._follow_ups(facts, remaining))
+                follow_ups = list(self._follow_ups(network))
             except Exception as e:
                 checks.append(
                     internal_error(
                         "follow_up", "the follow-up checks could not start", e
                     )
                 )
-        if follow_ups:
-            outcomes += await defer.gatherResults(
-                [
-                    defer.ensureDeferred(
-                        _run_family_bounded(self._reactor, family, remaining)
-                    )
-                    for family in follow_ups
-                ],
-                consumeErrors=True,
-            )
+        outcomes += await self._run_all(follow_ups, deadline, budget)
         federation_tester: dict[str, Any] = {}
+        public_listener_index: int | None = None
         for outcome in outcomes:
             checks.extend(outcome.checks)
             federation_tester.update(outcome.federation_tester)
+            if outcome.public_listener_index is not None:
+                public_listener_index = outcome.public_listener_index
         finished = self._reactor.seconds()
         report = Report.build(
             server_name=self._server_name,
@@ -222,6 +199,10 @@ class CheckRunner:
             duration_ms=int((finished - started) * 1000),
             notes=self._notes,
             federation_tester=federation_tester,
+            facts=RunFacts(
+                cert_expiry=dict(network.cert_expiry) if network else {},
+                public_listener_index=public_listener_index,
+            ),
         )
         if federation_tester or families:
             report = attr.evolve(
@@ -232,6 +213,23 @@ class CheckRunner:
                 },
             )
         return report
+
+    async def _run_all(
+        self, families: Sequence[CheckFamily], deadline: Deadline, budget: Deadline
+    ) -> list[FamilyOutcome]:
+        if not families:
+            return []
+        return list(
+            await defer.gatherResults(
+                [
+                    defer.ensureDeferred(
+                        _run_family_bounded(family, deadline, budget, self._timeout_s)
+                    )
+                    for family in families
+                ],
+                consumeErrors=True,
+            )
+        )
 
 
 def skipped_family_results(
@@ -250,7 +248,7 @@ class ReportCache:
 
     def __init__(
         self,
-        reactor: ReactorClock,
+        reactor: Clock,
         ttl_s: float,
         start_run: Callable[[], defer.Deferred[Report]],
     ) -> None:
@@ -320,7 +318,7 @@ class SkippedFamily:
         self.check_ids: Sequence[str] = tuple(check_ids)
         self._reason = reason
 
-    async def run(self) -> FamilyOutcome:
+    async def run(self, deadline: Deadline) -> FamilyOutcome:
         return FamilyOutcome(
             checks=skipped_family_results(self.check_ids, self._reason)
         )

@@ -84,11 +84,17 @@ def judge_client_well_known(
     public_baseurl: str | None,
     server_name: str,
     request: Mapping[str, Any],
+    knows_public_baseurl: bool = True,
 ) -> CheckResult:
-    """Judge the fetched client well-known. Never raises, never fails."""
+    """Judge the fetched client well-known. Never raises, never fails.
+
+    Without `knows_public_baseurl` (the `check` command, from outside) the
+    advertised base_url can't be compared with the server's config."""
     expected = expected_base_url(public_baseurl, server_name)
-    details = request_details(request, http_status=status, expected_base_url=expected)
-    if public_baseurl is None:
+    details = request_details(request, http_status=status)
+    if knows_public_baseurl:
+        details["expected_base_url"] = expected
+    if public_baseurl is None and knows_public_baseurl:
         details["note"] = "public_baseurl is unset; compared with Synapse's default"
     if status != 200:
         details["reason"] = "missing" if status == 404 else "http_error"
@@ -117,7 +123,9 @@ def judge_client_well_known(
             fixes.append(FIX_PUBLISH.format(server_name=server_name, base_url=expected))
         else:
             details["base_url"] = base_url[:MAX_VALUE_CHARS]
-            if normalise_base_url(base_url) != normalise_base_url(expected):
+            if not knows_public_baseurl:
+                expected = base_url[:MAX_VALUE_CHARS]
+            elif normalise_base_url(base_url) != normalise_base_url(expected):
                 problems.append(
                     f"`m.homeserver.base_url` is {base_url[:MAX_VALUE_CHARS]!r}, "
                     f"not {expected!r}"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from synapse_fedhealth.checks.discovery import Target
+from synapse_fedhealth.net.results import (
+    ConnectOutcome,
+    HandshakeOutcome,
+    TlsProbeResult,
+)
 from synapse_fedhealth.net.tls import (
     REASON_EXPIRED,
     REASON_MISSING_INTERMEDIATE,
@@ -14,12 +17,11 @@ from synapse_fedhealth.net.tls import (
     REASON_SELF_SIGNED,
     REASON_UNTRUSTED_ISSUER,
     CertVerification,
-    ConnectOutcome,
-    TlsProbeResult,
     TrustStore,
     verify_chain,
 )
 from synapse_fedhealth.report import CheckResult, fail, ok, skip, warn
+from synapse_fedhealth.server_discovery import Target
 
 REACHABLE = "connection.reachable"
 TLS_HANDSHAKE = "tls.handshake"
@@ -102,7 +104,7 @@ def check_handshake(target: Target, probe: TlsProbeResult) -> CheckResult:
     if probe.connect != ConnectOutcome.OK:
         return _not_connected(TLS_HANDSHAKE, target)
     details = probe_details(target)
-    if probe.handshake == "timeout":
+    if probe.handshake == HandshakeOutcome.TIMEOUT:
         details["reason"] = "timeout"
         return fail(
             TLS_HANDSHAKE,
@@ -111,7 +113,7 @@ def check_handshake(target: Target, probe: TlsProbeResult) -> CheckResult:
             target=target.address,
             details=details,
         )
-    if probe.handshake != "ok":
+    if probe.handshake != HandshakeOutcome.OK:
         details["reason"] = "handshake_failed"
         details["error"] = probe.handshake_error
         return fail(
@@ -157,19 +159,17 @@ def check_certificate(
     trust: TrustStore,
     *,
     warning_days: int,
-    now: float | None = None,
+    now: float,
 ) -> tuple[CheckResult, CertVerification | None]:
     if probe.connect != ConnectOutcome.OK:
         return _not_connected(TLS_CERTIFICATE, target), None
-    if probe.handshake != "ok" or not probe.chain:
+    if probe.handshake != HandshakeOutcome.OK or not probe.chain:
         return skip(
             TLS_CERTIFICATE,
             "not checked: no TLS handshake",
             target=target.address,
             details=probe_details(target),
         ), None
-    if now is None:
-        now = time.time()
     verification = verify_chain(probe.chain, target.sni, trust, now=now)
     details = probe_details(target)
     details.update(

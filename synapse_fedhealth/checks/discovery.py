@@ -1,37 +1,35 @@
 """Server discovery checks (SPEC 4.2): well-known, SRV, addresses, targets.
 
-Pure logic: the orchestrator (`synapse_fedhealth.network`) does the I/O and
-hands the observations in. Semantics follow the server-server spec v1.19
-"Resolving server names" and Synapse's own client.
+Pure judges: `synapse_fedhealth.server_discovery` holds the observations and
+the spec's rules; these turn them into check results. Semantics follow the
+server-server spec v1.19 "Resolving server names" and Synapse's own client.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import time
 from collections.abc import Sequence
 from typing import Any
-
-import attr
 
 from synapse_fedhealth.net.addresses import (
     AddressClass,
     classify_address,
-    format_address,
     is_ip_literal,
 )
-from synapse_fedhealth.net.dns import DnsOutcome, DnsResult, SrvRecord
-from synapse_fedhealth.net.http import (
-    ERR_CERTIFICATE,
-    ERR_NO_ADDRESS,
-    ERR_REFUSED,
-    ERR_TIMEOUT,
-    ERR_TLS,
-    ERR_UNREACHABLE,
-    HttpResult,
-)
+from synapse_fedhealth.net.results import DnsOutcome
 from synapse_fedhealth.report import CheckResult, fail, ok, skip, warn
+from synapse_fedhealth.server_discovery import (
+    DEFAULT_FEDERATION_PORT,
+    SRV_FED_PREFIX,
+    SRV_LEGACY_PREFIX,
+    HostAddresses,
+    SrvDecision,
+    SrvKind,
+    WellKnownKind,
+    WellKnownOutcome,
+    clip,
+)
+from synapse_fedhealth.server_discovery import Target as Target
 
 WELL_KNOWN = "discovery.well_known"
 WELL_KNOWN_CONSISTENCY = "discovery.well_known_consistency"
@@ -39,11 +37,6 @@ SRV = "discovery.srv"
 ADDRESSES = "discovery.addresses"
 TARGETS = "discovery.targets"
 
-DEFAULT_FEDERATION_PORT = 8448
-# Longer cache lifetimes are reported as this (10 years); Synapse caps at 48 h.
-MAX_CACHE_LIFETIME_S = 10 * 365 * 24 * 3600
-SRV_FED_PREFIX = "_matrix-fed._tcp."
-SRV_LEGACY_PREFIX = "_matrix._tcp."
 
 # The same approximation of RFC 1035 that Synapse uses ("\Z", not "$").
 VALID_HOST_REGEX = re.compile(r"\A[0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*\Z")
@@ -84,187 +77,16 @@ def bare_host(host: str) -> str:
 # Well-known
 
 
-WK_NOT_CONSULTED = "not_consulted"
-WK_DELEGATED = "delegated"
-WK_ABSENT = "absent"  # 404
-WK_NON_200 = "non_200"
-WK_INVALID = "invalid"
-WK_UNREACHABLE = "unreachable"  # refused, unreachable, no address on port 443
-WK_TLS = "tls"
-WK_TIMEOUT = "timeout"
-WK_FAILED = "failed"  # too large, redirect trouble, malformed HTTP, ...
-
-
-@attr.s(frozen=True, slots=True, auto_attribs=True, kw_only=True)
-class WellKnownOutcome:
-    kind: str
-    http: HttpResult | None = None
-    m_server: Any = None  # the raw value, when there is one
-    delegated: str | None = None  # the validated m.server
-    problem: str = ""
-    reason: str | None = None  # details.reason when this is a failure
-    cache_lifetime_s: float | None = None
-
-    @property
-    def comparable(self) -> tuple[str, int | None, str | None]:
-        return (self.kind, self.http.status if self.http else None, self.delegated)
-
-    def describe(self) -> str:
-        if self.kind == WK_DELEGATED:
-            return f"delegates to {self.delegated}"
-        if self.kind == WK_ABSENT:
-            return "none (HTTP 404)"
-        if self.kind == WK_NON_200 and self.http is not None:
-            return f"HTTP {self.http.status}"
-        return self.problem or self.kind
-
-
-def cache_lifetime(http: HttpResult, now: float) -> float | None:
-    """Seconds peers cache the answer for, from Cache-Control/Expires
-    (Synapse's `_cache_period_from_headers`); None: Synapse's default (24 h)."""
-    directives: dict[str, str | None] = {}
-    for value in http.headers.get("cache-control", ()):
-        for directive in value.split(","):
-            key, _, arg = directive.partition("=")
-            directives[key.strip().lower()] = arg.strip() if arg else None
-    if "no-store" in directives:
-        return 0.0
-    max_age = directives.get("max-age")
-    if max_age:
-        try:
-            # Clamped: a hostile 400-digit max-age overflows a float.
-            return float(min(int(max_age), MAX_CACHE_LIFETIME_S))
-        except ValueError:
-            pass
-    expires = http.header("expires")
-    if expires is not None:
-        from email.utils import parsedate_to_datetime
-
-        try:
-            return parsedate_to_datetime(expires).timestamp() - now
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return 0.0
-    return None
-
-
-def interpret_well_known(
-    http: HttpResult, *, now: float | None = None
-) -> WellKnownOutcome:
-    """What a Synapse peer makes of one /.well-known/matrix/server fetch."""
-    if now is None:
-        now = time.time()
-    if http.error is not None:
-        if http.error == ERR_TIMEOUT:
-            return WellKnownOutcome(
-                kind=WK_TIMEOUT,
-                http=http,
-                problem="the request timed out",
-                reason="timeout",
-            )
-        if http.error == ERR_CERTIFICATE:
-            return WellKnownOutcome(
-                kind=WK_TLS,
-                http=http,
-                problem=http.error_message,
-                reason=http.tls_reason,
-            )
-        if http.error == ERR_TLS:
-            return WellKnownOutcome(
-                kind=WK_TLS,
-                http=http,
-                problem=http.error_message,
-                reason="tls_handshake",
-            )
-        if http.error in (ERR_REFUSED, ERR_UNREACHABLE, ERR_NO_ADDRESS):
-            return WellKnownOutcome(
-                kind=WK_UNREACHABLE,
-                http=http,
-                problem=http.error_message,
-                reason=http.error,
-            )
-        return WellKnownOutcome(
-            kind=WK_FAILED,
-            http=http,
-            problem=http.error_message or http.error,
-            reason=http.error,
-        )
-    if http.status == 404:
-        return WellKnownOutcome(kind=WK_ABSENT, http=http)
-    if http.status != 200:
-        return WellKnownOutcome(
-            kind=WK_NON_200,
-            http=http,
-            problem=f"HTTP {http.status}",
-            reason="http_status",
-        )
-    lifetime = cache_lifetime(http, now)
-    try:
-        parsed = json.loads(http.body.decode("utf-8"))
-    except UnicodeDecodeError:
-        return _invalid(http, "the body is not valid UTF-8", lifetime)
-    except (ValueError, RecursionError):
-        return _invalid(http, "the body is not valid JSON", lifetime)
-    if not isinstance(parsed, dict):
-        return _invalid(
-            http,
-            f"the body is JSON but not an object ({type(parsed).__name__})",
-            lifetime,
-        )
-    if "m.server" not in parsed:
-        return _invalid(http, 'the JSON object has no "m.server" key', lifetime)
-    m_server = parsed["m.server"]
-    if not isinstance(m_server, str):
-        return _invalid(
-            http,
-            f'"m.server" is not a string: {_clip(repr(m_server))}',
-            lifetime,
-            m_server,
-        )
-    try:
-        parse_and_validate_server_name(m_server)
-    except ValueError as e:
-        return _invalid(
-            http,
-            f'"m.server" is not a valid server name: {_clip(str(e))}',
-            lifetime,
-            m_server,
-        )
-    return WellKnownOutcome(
-        kind=WK_DELEGATED,
-        http=http,
-        m_server=m_server,
-        delegated=m_server.lower(),
-        cache_lifetime_s=lifetime,
-    )
-
-
-def _invalid(
-    http: HttpResult, problem: str, lifetime: float | None, m_server: Any = None
-) -> WellKnownOutcome:
-    return WellKnownOutcome(
-        kind=WK_INVALID,
-        http=http,
-        problem=problem,
-        reason="invalid",
-        cache_lifetime_s=lifetime,
-        m_server=m_server,
-    )
-
-
-def _clip(text: str, limit: int = 120) -> str:
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
 def _wk_details(outcome: WellKnownOutcome) -> dict[str, Any]:
     details: dict[str, Any] = {}
     if outcome.http is not None:
         details.update(outcome.http.request_details())
         if outcome.http.content_type is not None:
             details["content_type"] = outcome.http.content_type
-    if outcome.kind == WK_DELEGATED:
+    if outcome.kind == WellKnownKind.DELEGATED:
         details["m.server"] = outcome.delegated
     elif isinstance(outcome.m_server, str):
-        details["m.server"] = _clip(outcome.m_server)
+        details["m.server"] = clip(outcome.m_server)
     if outcome.cache_lifetime_s is not None:
         details["cache_lifetime_s"] = outcome.cache_lifetime_s
     if outcome.reason is not None:
@@ -293,11 +115,11 @@ def check_well_known(
     delegation answered federation requests."""
     name = server_name
     details = _wk_details(outcome)
-    if outcome.kind == WK_NOT_CONSULTED:
+    if outcome.kind == WellKnownKind.NOT_CONSULTED:
         return ok(
             WELL_KNOWN, f"not consulted: {not_consulted_because}", details=details
         )
-    if outcome.kind == WK_DELEGATED:
+    if outcome.kind == WellKnownKind.DELEGATED:
         if outcome.http is not None and outcome.http.content_type != "application/json":
             return warn(
                 WELL_KNOWN,
@@ -308,15 +130,19 @@ def check_well_known(
                 details=details,
             )
         return ok(WELL_KNOWN, f"delegates to {outcome.delegated}", details=details)
-    if outcome.kind in (WK_ABSENT, WK_UNREACHABLE, WK_NON_200):
+    if outcome.kind in (
+        WellKnownKind.ABSENT,
+        WellKnownKind.UNREACHABLE,
+        WellKnownKind.NON_200,
+    ):
         what = {
-            WK_ABSENT: "none (HTTP 404)",
-            WK_UNREACHABLE: f"none: {outcome.problem or 'nothing answers on port 443'}",
-            WK_NON_200: f"HTTP {outcome.http.status if outcome.http else '?'}; peers treat it as absent",
+            WellKnownKind.ABSENT: "none (HTTP 404)",
+            WellKnownKind.UNREACHABLE: f"none: {outcome.problem or 'nothing answers on port 443'}",
+            WellKnownKind.NON_200: f"HTTP {outcome.http.status if outcome.http else '?'}; peers treat it as absent",
         }[outcome.kind]
         if fallback_works:
             summary = f"{what}; peers use SRV or port 8448, which works"
-            if outcome.kind == WK_NON_200:
+            if outcome.kind == WellKnownKind.NON_200:
                 return warn(
                     WELL_KNOWN,
                     summary,
@@ -331,14 +157,14 @@ def check_well_known(
             fix=_FIX_PUBLISH.format(name=name),
             details=details,
         )
-    if outcome.kind == WK_TLS:
+    if outcome.kind == WellKnownKind.TLS:
         return fail(
             WELL_KNOWN,
             f"TLS to https://{name}/ failed ({outcome.reason}): peers silently ignore the delegation. {outcome.problem}",
             fix=f"Fix the certificate served for {name} on port 443 (valid, trusted, full chain: fullchain.pem, covering {name}).",
             details=details,
         )
-    if outcome.kind == WK_TIMEOUT:
+    if outcome.kind == WellKnownKind.TIMEOUT:
         dns_timeout = (
             outcome.http is not None and "lookup" in outcome.http.error_message
         )
@@ -358,7 +184,7 @@ def check_well_known(
             ),
             details=details,
         )
-    if outcome.kind == WK_INVALID:
+    if outcome.kind == WellKnownKind.INVALID:
         return fail(
             WELL_KNOWN,
             f"present but invalid: {outcome.problem}",
@@ -391,7 +217,7 @@ def check_well_known_consistency(
     *,
     not_consulted_because: str = "",
 ) -> CheckResult:
-    if main.kind == WK_NOT_CONSULTED:
+    if main.kind == WellKnownKind.NOT_CONSULTED:
         return skip(
             WELL_KNOWN_CONSISTENCY,
             f"not applicable: the well-known is not consulted ({not_consulted_because})",
@@ -435,63 +261,6 @@ def check_well_known_consistency(
 # SRV
 
 
-@attr.s(frozen=True, slots=True, auto_attribs=True, kw_only=True)
-class SrvDecision:
-    """Which SRV records Synapse uses for `name`."""
-
-    name: str
-    fed: DnsResult
-    legacy: DnsResult | None
-    kind: str  # "fed", "legacy", "none", "failed", "unavailable"
-    records: tuple[SrvRecord, ...] = ()
-    failed: DnsResult | None = None  # the lookup that failed, when kind == failed
-
-
-def sort_srv(records: Sequence[SrvRecord]) -> tuple[SrvRecord, ...]:
-    """Priority ascending, then heavier weight first (Synapse shuffles by
-    weight; we show the likeliest order, deterministically)."""
-    return tuple(
-        sorted(records, key=lambda r: (r.priority, -r.weight, r.target, r.port))
-    )
-
-
-def decide_srv(name: str, fed: DnsResult, legacy: DnsResult | None) -> SrvDecision:
-    """Synapse: `_matrix-fed._tcp`, then `_matrix._tcp`; a lookup that fails
-    (SERVFAIL, timeout) is not a "no record": Synapse stops there."""
-    for result in (fed, legacy):
-        if result is None:
-            break
-        if result.outcome in (
-            DnsOutcome.SERVFAIL,
-            DnsOutcome.TIMEOUT,
-            DnsOutcome.ERROR,
-        ):
-            return SrvDecision(
-                name=name, fed=fed, legacy=legacy, kind="failed", failed=result
-            )
-        if result.srv:
-            records = sort_srv(result.srv)
-            # One "." record declares the service unavailable (RFC 2782); only
-            # "." records leave nothing to connect to, which is the same.
-            if all(r.target == "." for r in records):
-                return SrvDecision(
-                    name=name,
-                    fed=fed,
-                    legacy=legacy,
-                    kind="unavailable",
-                    records=records,
-                )
-            usable = tuple(r for r in records if r.target != ".")
-            return SrvDecision(
-                name=name,
-                fed=fed,
-                legacy=legacy,
-                kind="fed" if result is fed else "legacy",
-                records=usable,
-            )
-    return SrvDecision(name=name, fed=fed, legacy=legacy, kind="none")
-
-
 def _srv_details(decision: SrvDecision) -> dict[str, Any]:
     details: dict[str, Any] = {
         SRV_FED_PREFIX + decision.name: decision.fed.to_json(),
@@ -523,7 +292,7 @@ def check_srv(
     if ignored is not None and ignored.records:
         details["ignored"] = _srv_details(ignored)
     fed_name = SRV_FED_PREFIX + decision.name
-    if decision.kind == "failed":
+    if decision.kind == SrvKind.FAILED:
         assert decision.failed is not None
         failed = decision.failed
         reason = (
@@ -540,7 +309,7 @@ def check_srv(
             "answers, even if only with NXDOMAIN.",
             details=details,
         )
-    if decision.kind == "unavailable":
+    if decision.kind == SrvKind.UNAVAILABLE:
         details["reason"] = "unavailable"
         return fail(
             SRV,
@@ -548,7 +317,7 @@ def check_srv(
             fix=f'Remove the SRV record with target "." for {decision.name}, or point it at the federation host and port.',
             details=details,
         )
-    if decision.kind == "none":
+    if decision.kind == SrvKind.NONE:
         return ok(
             SRV,
             f"no SRV records for {decision.name}; peers use port {DEFAULT_FEDERATION_PORT}",
@@ -565,7 +334,7 @@ def check_srv(
             fix="Point the SRV record at the canonical host name (the CNAME's target), which has its own A/AAAA records.",
             details=details,
         )
-    if decision.kind == "legacy":
+    if decision.kind == SrvKind.LEGACY:
         return warn(
             SRV,
             f"only the deprecated {SRV_LEGACY_PREFIX}{decision.name} record exists ({records})",
@@ -577,47 +346,6 @@ def check_srv(
 
 # ---------------------------------------------------------------------------
 # Addresses and targets
-
-
-@attr.s(frozen=True, slots=True, auto_attribs=True, kw_only=True)
-class HostAddresses:
-    host: str
-    a: DnsResult
-    aaaa: DnsResult
-
-    @property
-    def addresses(self) -> tuple[str, ...]:
-        return self.a.addresses + self.aaaa.addresses
-
-    @property
-    def cnames(self) -> tuple[tuple[str, str], ...]:
-        seen = dict.fromkeys(self.a.cnames + self.aaaa.cnames)
-        return tuple(seen)
-
-
-@attr.s(frozen=True, slots=True, auto_attribs=True, kw_only=True)
-class Target:
-    """One address peers connect to, with the names they use on it."""
-
-    ip: str
-    port: int
-    host_header: str
-    sni: str  # also the name the certificate must cover
-    hostname: str  # the host this address came from
-    source: str  # how it was found, e.g. "srv _matrix-fed._tcp.example.com"
-
-    @property
-    def address(self) -> str:
-        return format_address(self.ip, self.port)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "address": self.address,
-            "host_header": self.host_header,
-            "sni": self.sni,
-            "hostname": self.hostname,
-            "source": self.source,
-        }
 
 
 def check_addresses(

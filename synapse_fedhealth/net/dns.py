@@ -8,12 +8,10 @@ threadpool and comes back as a Deferred.
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-import attr
 import dns.exception
 import dns.message
 import dns.name
@@ -25,6 +23,9 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from synapse_fedhealth.config import parse_dns_server
+from synapse_fedhealth.net.results import DnsOutcome as DnsOutcome
+from synapse_fedhealth.net.results import DnsResult as DnsResult
+from synapse_fedhealth.net.results import SrvRecord as SrvRecord
 
 # A single query never waits longer than this, even with a generous run budget:
 # Synapse's own resolver gives up well before.
@@ -34,82 +35,6 @@ MIN_QUERY_LIFETIME_S = 0.05
 # Hostile zones can answer with thousands of records: only this many are kept.
 MAX_RECORDS_PER_ANSWER = 32
 MAX_CNAMES_KEPT = 8
-
-
-class DnsOutcome(enum.Enum):
-    ANSWER = "answer"
-    NXDOMAIN = "nxdomain"
-    NO_ANSWER = "no_answer"  # the name exists, but has no record of this type
-    SERVFAIL = "servfail"  # includes REFUSED and every server failing
-    TIMEOUT = "timeout"
-    ERROR = "error"  # a malformed name or an unexpected failure
-
-    @property
-    def is_negative(self) -> bool:
-        """The name has no such record (as opposed to "we could not find out")."""
-        return self in (DnsOutcome.NXDOMAIN, DnsOutcome.NO_ANSWER)
-
-
-@attr.s(frozen=True, slots=True, auto_attribs=True, kw_only=True)
-class SrvRecord:
-    priority: int
-    weight: int
-    port: int
-    target: str  # lower case, no trailing dot; "." means "no service here"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "priority": self.priority,
-            "weight": self.weight,
-            "port": self.port,
-            "target": self.target,
-        }
-
-
-@attr.s(frozen=True, slots=True, auto_attribs=True, kw_only=True)
-class DnsResult:
-    """The outcome of one query. `addresses` for A/AAAA, `srv` for SRV."""
-
-    qname: str
-    rdtype: str
-    outcome: DnsOutcome
-    addresses: tuple[str, ...] = ()
-    srv: tuple[SrvRecord, ...] = ()
-    # (alias, canonical target) pairs followed while answering.
-    cnames: tuple[tuple[str, str], ...] = ()
-    error: str = ""
-    truncated: bool = False  # more records were served than we keep
-
-    @property
-    def has_records(self) -> bool:
-        return self.outcome is DnsOutcome.ANSWER and bool(self.addresses or self.srv)
-
-    def describe(self) -> str:
-        if self.outcome is DnsOutcome.ANSWER:
-            return "answer"
-        if self.outcome is DnsOutcome.TIMEOUT:
-            return "timed out"
-        if self.outcome is DnsOutcome.SERVFAIL:
-            return "SERVFAIL" + (f" ({self.error})" if self.error else "")
-        if self.outcome is DnsOutcome.NXDOMAIN:
-            return "NXDOMAIN (no such name)"
-        if self.outcome is DnsOutcome.NO_ANSWER:
-            return f"no {self.rdtype} record"
-        return "error: " + self.error
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"outcome": self.outcome.value}
-        if self.addresses:
-            out["addresses"] = list(self.addresses)
-        if self.srv:
-            out["records"] = [r.to_json() for r in self.srv]
-        if self.cnames:
-            out["cnames"] = [list(pair) for pair in self.cnames]
-        if self.error:
-            out["error"] = self.error
-        if self.truncated:
-            out["truncated"] = True
-        return out
 
 
 class DnsResolver(Protocol):

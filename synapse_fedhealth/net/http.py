@@ -51,9 +51,11 @@ from synapse_fedhealth.net.addresses import (
     format_address,
 )
 from synapse_fedhealth.net.dns import DnsResolver
+from synapse_fedhealth.net.results import ConnectOutcome, ProbeError
+from synapse_fedhealth.net.results import HttpResult as HttpResult
+from synapse_fedhealth.net.results import RedirectHop as RedirectHop
 from synapse_fedhealth.net.tls import (
     CertificateRejected,
-    ConnectOutcome,
     PeerChainRecorder,
     RecordingConnectionCreator,
     TrustStore,
@@ -68,75 +70,21 @@ REDIRECT_CODES = (301, 302, 303, 307, 308)
 MAX_HEADERS_KEPT = 64
 MAX_ADDRESSES_TRIED = 4
 
-# `HttpResult.error` kinds.
-ERR_TIMEOUT = "timeout"
-ERR_REFUSED = ConnectOutcome.REFUSED
-ERR_UNREACHABLE = ConnectOutcome.UNREACHABLE
-ERR_NO_ADDRESS = "no_address"
-ERR_TLS = "tls"  # handshake failed (garbage, protocol mismatch, plain HTTP)
-ERR_CERTIFICATE = "certificate"  # our verification refused the chain; see tls_reason
-ERR_TOO_LARGE = "too_large"
-ERR_TRUNCATED = "truncated"  # the connection closed in the middle of the body
-ERR_REDIRECT_LOOP = "redirect_loop"
-ERR_REDIRECT_SCHEME = "redirect_scheme"
-ERR_TOO_MANY_REDIRECTS = "too_many_redirects"
-ERR_BAD_REDIRECT = "bad_redirect"
-ERR_PROTOCOL = "protocol"  # not HTTP, or a malformed response
-ERR_ERROR = "error"
-
-
-@attr.s(frozen=True, slots=True, auto_attribs=True, kw_only=True)
-class RedirectHop:
-    url: str
-    status: int
-    location: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"url": self.url, "status": self.status, "location": self.location}
-
-
-@attr.s(frozen=True, slots=True, auto_attribs=True, kw_only=True)
-class HttpResult:
-    url: str  # the first URL requested
-    host_header: str
-    sni: str
-    final_url: str = ""
-    connected_to: str | None = None  # "ip:port" of the last hop
-    status: int | None = None
-    headers: Mapping[str, tuple[str, ...]] = attr.ib(factory=dict)  # lower-case names
-    body: bytes = b""
-    redirects: tuple[RedirectHop, ...] = ()
-    error: str | None = None  # one of the ERR_* kinds
-    error_message: str = ""
-    tls_reason: str | None = None  # a tls.CERT_REASONS value with ERR_CERTIFICATE
-    cert_not_after: float | None = None  # leaf of the last TLS connection
-    elapsed_ms: float | None = None
-
-    def header(self, name: str) -> str | None:
-        values = self.headers.get(name.lower())
-        return values[-1] if values else None
-
-    @property
-    def content_type(self) -> str | None:
-        value = self.header("content-type")
-        return value.split(";", 1)[0].strip().lower() if value is not None else None
-
-    def request_details(self) -> dict[str, Any]:
-        """What every network check records (SPEC 3)."""
-        out: dict[str, Any] = {
-            "url": self.url,
-            "host_header": self.host_header,
-            "sni": self.sni,
-        }
-        if self.connected_to:
-            out["connected_to"] = self.connected_to
-        if self.redirects:
-            out["redirects"] = [h.to_json() for h in self.redirects]
-        if self.status is not None:
-            out["http_status"] = self.status
-        if self.error:
-            out["error"] = self.error_message or self.error
-        return out
+# `HttpResult.error` kinds, by their old names.
+ERR_TIMEOUT = ProbeError.TIMEOUT
+ERR_REFUSED = ProbeError.REFUSED
+ERR_UNREACHABLE = ProbeError.UNREACHABLE
+ERR_NO_ADDRESS = ProbeError.NO_ADDRESS
+ERR_TLS = ProbeError.TLS
+ERR_CERTIFICATE = ProbeError.CERTIFICATE
+ERR_TOO_LARGE = ProbeError.TOO_LARGE
+ERR_TRUNCATED = ProbeError.TRUNCATED
+ERR_REDIRECT_LOOP = ProbeError.REDIRECT_LOOP
+ERR_REDIRECT_SCHEME = ProbeError.REDIRECT_SCHEME
+ERR_TOO_MANY_REDIRECTS = ProbeError.TOO_MANY_REDIRECTS
+ERR_BAD_REDIRECT = ProbeError.BAD_REDIRECT
+ERR_PROTOCOL = ProbeError.PROTOCOL
+ERR_ERROR = ProbeError.ERROR
 
 
 class HttpFetcher(Protocol):
@@ -533,7 +481,7 @@ class ProbeHttpClient:
 
 
 class _Refused(Exception):
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: ProbeError, message: str) -> None:
         super().__init__(message)
         self.kind = kind
 
@@ -589,7 +537,7 @@ def _unwrap(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-def classify_failure(exc: BaseException) -> tuple[str, str, str | None]:
+def classify_failure(exc: BaseException) -> tuple[ProbeError, str, str | None]:
     """(error kind, message, certificate reason) for a failed fetch."""
     causes = _unwrap(exc)
     for cause in causes:
@@ -619,9 +567,12 @@ def classify_failure(exc: BaseException) -> tuple[str, str, str | None]:
     if isinstance(cause, SSL.Error):
         return ERR_TLS, f"TLS handshake failed: {_ssl_message(cause)}", None
     if isinstance(cause, error.ConnectError):
-        kind = classify_connect_error(cause)
-        if kind == ConnectOutcome.ERROR:
-            kind = ERR_UNREACHABLE
+        outcome = classify_connect_error(cause)
+        kind = (
+            ProbeError.UNREACHABLE
+            if outcome == ConnectOutcome.ERROR
+            else ProbeError(outcome.value)
+        )
         return kind, _short(cause), None
     if isinstance(cause, (error.ConnectionDone, error.ConnectionLost)):
         return (

@@ -31,6 +31,10 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from synapse_fedhealth.net.results import ConnectOutcome as ConnectOutcome
+from synapse_fedhealth.net.results import HandshakeOutcome
+from synapse_fedhealth.net.results import TlsProbeResult as TlsProbeResult
+
 # `details.reason` values of tls.certificate (SPEC 4.3): keep these exact.
 REASON_EXPIRED = "expired"
 REASON_NOT_YET_VALID = "not_yet_valid"
@@ -395,29 +399,6 @@ class RecordingConnectionCreator:
 # Handshake probe
 
 
-class ConnectOutcome:
-    OK = "ok"
-    REFUSED = "refused"
-    TIMEOUT = "timeout"
-    UNREACHABLE = "unreachable"
-    ERROR = "error"
-
-
-@attr.s(frozen=True, slots=True, auto_attribs=True, kw_only=True)
-class TlsProbeResult:
-    ip: str
-    port: int
-    sni: str
-    connect: str  # a ConnectOutcome value
-    connect_error: str = ""
-    connect_ms: float | None = None
-    handshake: str | None = None  # "ok", "failed", "timeout"; None if not attempted
-    handshake_error: str = ""
-    protocol: str | None = None
-    cipher: str | None = None
-    chain: tuple[x509.Certificate, ...] = ()
-
-
 class TlsProber(Protocol):
     def probe(
         self, ip: str, port: int, sni: str, timeout: float
@@ -425,7 +406,7 @@ class TlsProber(Protocol):
         """Connect to ip:port and handshake with SNI `sni`. Never fails."""
 
 
-def classify_connect_error(exc: BaseException) -> str:
+def classify_connect_error(exc: BaseException) -> ConnectOutcome:
     if isinstance(exc, error.ConnectionRefusedError):
         return ConnectOutcome.REFUSED
     if isinstance(
@@ -536,15 +517,19 @@ class TwistedTlsProber:
         except (defer.TimeoutError, defer.CancelledError):
             # Our own timeout, or the run's deadline cancelling the probe.
             return attr.evolve(
-                base, handshake="timeout", handshake_error="the TLS handshake timed out"
+                base,
+                handshake=HandshakeOutcome.TIMEOUT,
+                handshake_error="the TLS handshake timed out",
             )
         except Exception as e:
             return attr.evolve(
-                base, handshake="failed", handshake_error=_describe_tls_error(e)
+                base,
+                handshake=HandshakeOutcome.FAILED,
+                handshake_error=_describe_tls_error(e),
             )
         return attr.evolve(
             base,
-            handshake="ok",
+            handshake=HandshakeOutcome.OK,
             protocol=recorder.protocol,
             cipher=recorder.cipher,
             chain=recorder.chain,

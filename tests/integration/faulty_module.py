@@ -16,8 +16,12 @@ from typing import TYPE_CHECKING, Any
 from synapse_fedhealth import FedHealthModule
 from synapse_fedhealth.checks import config_lint
 from synapse_fedhealth.config import FedHealthConfig
-from synapse_fedhealth.module import RunIO
+from synapse_fedhealth.engine.deadline import Deadline
+from synapse_fedhealth.families import FamilyFactory
+from synapse_fedhealth.homeserver import HomeserverSnapshot
 from synapse_fedhealth.runner import CheckFamily, FamilyOutcome
+from synapse_fedhealth.settings import RunSettings
+from synapse_fedhealth.wiring import RunIO
 
 if TYPE_CHECKING:
     from synapse.module_api import ModuleApi
@@ -39,8 +43,23 @@ class RaisingFamily:
     name = "faulty"
     check_ids: Sequence[str] = (FAMILY_CHECK_ID,)
 
-    async def run(self) -> FamilyOutcome:
+    async def run(self, deadline: Deadline) -> FamilyOutcome:
         raise InjectedFault(FAMILY_MESSAGE)
+
+
+class WithRaisingFamily:
+    """The module's own families, plus one that raises."""
+
+    def __init__(self, inner: FamilyFactory) -> None:
+        self._inner = inner
+
+    def first(self, io: RunIO, settings: RunSettings) -> Sequence[CheckFamily]:
+        return [*self._inner.first(io, settings), RaisingFamily()]
+
+    def follow_ups(
+        self, io: RunIO, settings: RunSettings, network: Any
+    ) -> Sequence[CheckFamily]:
+        return self._inner.follow_ups(io, settings, network)
 
 
 def _raising_lint_check(*args: Any, **kwargs: Any) -> Any:
@@ -71,8 +90,8 @@ class FaultyModule(FedHealthModule):
             raise ConfigError(f"unknown faults {sorted(unknown)}", path=("faults",))
         return faults, FedHealthModule.parse_config(config)
 
-    def _families(self, run_io: RunIO | None = None) -> Sequence[CheckFamily]:
-        families = list(super()._families(run_io))
+    def families_for(self, snapshot: HomeserverSnapshot | None) -> FamilyFactory:
+        families = super().families_for(snapshot)
         if "family" in self._faults:
-            families.append(RaisingFamily())
+            return WithRaisingFamily(families)
         return families

@@ -41,8 +41,11 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial import unittest
 
 from synapse_fedhealth.checks.federation import KEYS_PATH, VERSION_PATH, canonical_json
-from synapse_fedhealth.network import NetworkChecker, NetworkFindings, NetworkSettings
+from synapse_fedhealth.engine.deadline import Deadline
+from synapse_fedhealth.engine.network_checker import NetworkChecker, NetworkFindings
 from synapse_fedhealth.report import CheckResult, Report, Status
+from synapse_fedhealth.settings import RunSettings
+from synapse_fedhealth.wiring import ProcessIO
 
 from .hostile_servers import (
     Handler,
@@ -666,7 +669,7 @@ async def run_scenario(
     lab = HostileLab()
     try:
         name = scenario.build(lab)
-        settings = NetworkSettings(
+        settings = RunSettings(
             server_name=name,
             timeout_s=scenario.timeout_s,
             cert_expiry_warning_days=14,
@@ -674,7 +677,9 @@ async def run_scenario(
             dns_servers=(lab.dns_address,),
             user_agent="Synapse/hostile-test",
         )
-        checker = NetworkChecker(reactor, settings, threadpool)
+        checker = NetworkChecker(
+            ProcessIO(reactor, threadpool=threadpool).for_run(settings), settings
+        )
         with captured_problems() as problems:
             tracemalloc.start()
             baseline = tracemalloc.get_traced_memory()[0]
@@ -684,7 +689,10 @@ async def run_scenario(
                     name="hostile-" + scenario.key, server_name=name
                 ) as ctx:
                     findings = await make_deferred_yieldable(
-                        run_in_background(checker.run)
+                        run_in_background(
+                            checker.check,
+                            Deadline.after(reactor, settings.timeout_s),
+                        )
                     )
                     if current_context() is not ctx:
                         problems.append("the logcontext was not restored after the run")

@@ -32,8 +32,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from synapse_fedhealth.checks.federation import canonical_json
-from synapse_fedhealth.network import NetworkChecker, NetworkFindings, NetworkSettings
+from synapse_fedhealth.engine.deadline import Deadline
+from synapse_fedhealth.engine.network_checker import NetworkChecker, NetworkFindings
 from synapse_fedhealth.report import Status
+from synapse_fedhealth.settings import RunSettings
+from synapse_fedhealth.wiring import ProcessIO
 
 pytestmark = pytest.mark.integration
 
@@ -161,7 +164,7 @@ class EngineLoopbackTest(unittest.TestCase):
     async def run_engine(
         self, server_name: str, dns_server: ZoneDnsServer, timeout: float = 4.0
     ) -> NetworkFindings:
-        settings = NetworkSettings(
+        settings = RunSettings(
             server_name=server_name,
             timeout_s=timeout,
             cert_expiry_warning_days=14,
@@ -169,7 +172,10 @@ class EngineLoopbackTest(unittest.TestCase):
             dns_servers=(dns_server.address,),
             user_agent="Synapse/test",
         )
-        return await NetworkChecker(reactor, settings, self.threadpool).run()
+        io = ProcessIO(reactor, threadpool=self.threadpool).for_run(settings)
+        return await NetworkChecker(io, settings).check(
+            Deadline.after(reactor, settings.timeout_s)
+        )
 
     @staticmethod
     def by_id(findings: NetworkFindings) -> Callable[[str], list[Any]]:

@@ -18,6 +18,7 @@ from synapse_fedhealth.checks.connection import (
     check_reachable,
 )
 from synapse_fedhealth.checks.discovery import Target
+from synapse_fedhealth.net.results import HandshakeOutcome
 from synapse_fedhealth.net.tls import (
     ConnectOutcome,
     TlsProbeResult,
@@ -95,7 +96,11 @@ def test_valid_chain(ca: trustme.CA, trust: TrustStore) -> None:
     verification = verify_chain(load_chain(ca.issue_cert(NAME)), NAME, trust)
     assert verification.valid, verification.problems
     result, _ = check_certificate(
-        TARGET, probe(load_chain(ca.issue_cert(NAME))), trust, warning_days=14
+        TARGET,
+        probe(load_chain(ca.issue_cert(NAME))),
+        trust,
+        warning_days=14,
+        now=time.time(),
     )
     assert result.status is Status.OK
     assert result.target == TARGET.address
@@ -109,7 +114,7 @@ def test_expired(ca: trustme.CA, trust: TrustStore) -> None:
         not_after=NOW - datetime.timedelta(days=1),
     )
     result, _ = check_certificate(
-        TARGET, probe(load_chain(leaf)), trust, warning_days=14
+        TARGET, probe(load_chain(leaf)), trust, warning_days=14, now=time.time()
     )
     assert result.status is Status.FAIL
     assert result.details["reason"] == "expired"
@@ -128,7 +133,7 @@ def test_not_yet_valid(ca: trustme.CA, trust: TrustStore) -> None:
 def test_expiring_soon_warns(ca: trustme.CA, trust: TrustStore) -> None:
     leaf = ca.issue_cert(NAME, not_after=NOW + datetime.timedelta(days=3))
     result, verification = check_certificate(
-        TARGET, probe(load_chain(leaf)), trust, warning_days=14
+        TARGET, probe(load_chain(leaf)), trust, warning_days=14, now=time.time()
     )
     assert result.status is Status.WARN
     assert verification is not None and verification.not_after < time.time() + 4 * 86400
@@ -157,6 +162,7 @@ def test_missing_intermediate(ca: trustme.CA, trust: TrustStore) -> None:
         probe(load_chain(leaf, with_intermediates=False)),
         trust,
         warning_days=14,
+        now=time.time(),
     )
     assert "fullchain.pem" in (result.fix or "")
 
@@ -219,7 +225,7 @@ def test_handshake_failure_and_unreachable_skip() -> None:
         port=8448,
         sni=NAME,
         connect=ConnectOutcome.OK,
-        handshake="failed",
+        handshake=HandshakeOutcome.FAILED,
         handshake_error="wrong version number",
     )
     result = check_handshake(TARGET, garbage)
@@ -238,22 +244,22 @@ def test_system_trust_store_loads() -> None:
 def test_certificate_expiry_reaches_the_metric(
     ca: trustme.CA, trust: TrustStore
 ) -> None:
-    """The facade reads tls.certificate's `not_after` (keyed by SNI) for the
-    synapse_fedhealth_tls_certificate_expiry_timestamp_seconds gauge; a
+    """The engine hands the served certificate's notAfter (keyed by SNI) to
+    the synapse_fedhealth_tls_certificate_expiry_timestamp_seconds gauge; a
     renamed detail key silently emptied the metric once."""
-    from synapse_fedhealth.module import cert_expiry_from
-    from synapse_fedhealth.report import Report, Verdict
+    from synapse_fedhealth.checks.network_judge import JudgeSettings, judge_network
+    from synapse_fedhealth.engine.probes import TargetProbe
+    from synapse_fedhealth.server_discovery import Resolution
 
     chain = load_chain(ca.issue_cert(NAME))
-    result, verification = check_certificate(
-        TARGET, probe(chain), trust, warning_days=14
+    _, verification = check_certificate(
+        TARGET, probe(chain), trust, warning_days=14, now=time.time()
     )
     assert verification is not None
-    report = Report(
-        server_name="example.com",
-        verdict=Verdict.OK,
-        generated_at=0,
-        duration_ms=0,
-        checks=(result,),
+    judgement = judge_network(
+        Resolution(server_name=NAME, targets=(TARGET,), complete=True),
+        {TARGET.address: TargetProbe(tls=probe(chain))},
+        JudgeSettings(trust=trust, cert_expiry_warning_days=14),
+        now=time.time(),
     )
-    assert cert_expiry_from(report) == {NAME: float(int(verification.not_after))}
+    assert judgement.cert_expiry == {NAME: verification.not_after}

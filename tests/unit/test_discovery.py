@@ -9,26 +9,32 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from synapse_fedhealth.checks import discovery
 from synapse_fedhealth.checks.discovery import (
-    HostAddresses,
-    Target,
-    WellKnownOutcome,
-    cache_lifetime,
     check_addresses,
     check_srv,
     check_targets,
     check_well_known,
     check_well_known_consistency,
-    decide_srv,
-    interpret_well_known,
     parse_and_validate_server_name,
 )
-from synapse_fedhealth.net.dns import DnsOutcome, DnsResult, SrvRecord
-from synapse_fedhealth.net.http import HttpResult
+from synapse_fedhealth.net.results import DnsOutcome, DnsResult, HttpResult, SrvRecord
 from synapse_fedhealth.report import Status
+from synapse_fedhealth.server_discovery import (
+    HostAddresses,
+    Target,
+    WellKnownKind,
+    WellKnownOutcome,
+    cache_lifetime,
+    decide_srv,
+    interpret_well_known,
+)
 
 URL = "https://example.com/.well-known/matrix/server"
+NOW = 1.7e9  # unix seconds: what dates an Expires header
+
+
+def interpret(http: HttpResult) -> WellKnownOutcome:
+    return interpret_well_known(http, now=NOW)
 
 
 def http(
@@ -127,13 +133,13 @@ def test_parse_never_raises_anything_but_valueerror(name: str) -> None:
 
 
 def test_well_known_delegation_ok() -> None:
-    outcome = interpret_well_known(
+    outcome = interpret(
         http(
             body=b'{"m.server": "Matrix.Example.com:443"}',
             headers={"cache-control": ("max-age=3600",)},
         )
     )
-    assert outcome.kind == discovery.WK_DELEGATED
+    assert outcome.kind == WellKnownKind.DELEGATED
     assert outcome.delegated == "matrix.example.com:443"
     assert outcome.cache_lifetime_s == 3600
     result = check_well_known("example.com", outcome, fallback_works=False)
@@ -144,9 +150,7 @@ def test_well_known_delegation_ok() -> None:
 
 
 def test_well_known_wrong_content_type_warns() -> None:
-    outcome = interpret_well_known(
-        http(body=b'{"m.server": "m.example.com"}', ctype="text/plain")
-    )
+    outcome = interpret(http(body=b'{"m.server": "m.example.com"}', ctype="text/plain"))
     result = check_well_known("example.com", outcome, fallback_works=True)
     assert result.status is Status.WARN
     assert "Content-Type" in (result.fix or "")
@@ -165,8 +169,8 @@ def test_well_known_wrong_content_type_warns() -> None:
     ],
 )
 def test_well_known_invalid_bodies_fail(body: bytes, problem: str) -> None:
-    outcome = interpret_well_known(http(body=body))
-    assert outcome.kind == discovery.WK_INVALID
+    outcome = interpret(http(body=body))
+    assert outcome.kind == WellKnownKind.INVALID
     assert problem in outcome.problem
     result = check_well_known("example.com", outcome, fallback_works=True)
     assert result.status is Status.FAIL
@@ -175,12 +179,12 @@ def test_well_known_invalid_bodies_fail(body: bytes, problem: str) -> None:
 
 @given(st.binary(max_size=300))
 def test_well_known_any_body_is_judged(body: bytes) -> None:
-    outcome = interpret_well_known(http(body=body))
+    outcome = interpret(http(body=body))
     check_well_known("example.com", outcome, fallback_works=False)
 
 
 def test_missing_well_known_ok_only_when_fallback_works() -> None:
-    outcome = interpret_well_known(http(status=404, ctype=None))
+    outcome = interpret(http(status=404, ctype=None))
     assert (
         check_well_known("example.com", outcome, fallback_works=True).status
         is Status.OK
@@ -191,10 +195,10 @@ def test_missing_well_known_ok_only_when_fallback_works() -> None:
 
 
 def test_unreachable_well_known_is_like_absent() -> None:
-    outcome = interpret_well_known(
+    outcome = interpret(
         http(status=None, error="refused", error_message="connection refused")
     )
-    assert outcome.kind == discovery.WK_UNREACHABLE
+    assert outcome.kind == WellKnownKind.UNREACHABLE
     assert (
         check_well_known("example.com", outcome, fallback_works=True).status
         is Status.OK
@@ -202,7 +206,7 @@ def test_unreachable_well_known_is_like_absent() -> None:
 
 
 def test_non_200_warns_when_fallback_works() -> None:
-    outcome = interpret_well_known(http(status=500))
+    outcome = interpret(http(status=500))
     assert (
         check_well_known("example.com", outcome, fallback_works=True).status
         is Status.WARN
@@ -214,7 +218,7 @@ def test_non_200_warns_when_fallback_works() -> None:
 
 
 def test_tls_failure_fails_with_certificate_reason() -> None:
-    outcome = interpret_well_known(
+    outcome = interpret(
         http(
             status=None,
             error="certificate",
@@ -229,9 +233,7 @@ def test_tls_failure_fails_with_certificate_reason() -> None:
 
 
 def test_timeout_fails_and_says_so() -> None:
-    outcome = interpret_well_known(
-        http(status=None, error="timeout", error_message="timed out")
-    )
+    outcome = interpret(http(status=None, error="timeout", error_message="timed out"))
     result = check_well_known("example.com", outcome, fallback_works=True)
     assert result.status is Status.FAIL
     assert result.details["reason"] == "timeout"
@@ -240,9 +242,7 @@ def test_timeout_fails_and_says_so() -> None:
 
 @pytest.mark.parametrize("reason", ["redirect_loop", "redirect_scheme", "too_large"])
 def test_fetch_failures_fail(reason: str) -> None:
-    outcome = interpret_well_known(
-        http(status=None, error=reason, error_message=reason)
-    )
+    outcome = interpret(http(status=None, error=reason, error_message=reason))
     result = check_well_known("example.com", outcome, fallback_works=True)
     assert result.status is Status.FAIL
     assert result.details["reason"] == reason
@@ -251,7 +251,7 @@ def test_fetch_failures_fail(reason: str) -> None:
 def test_not_consulted() -> None:
     result = check_well_known(
         "example.com:8448",
-        WellKnownOutcome(kind=discovery.WK_NOT_CONSULTED),
+        WellKnownOutcome(kind=WellKnownKind.NOT_CONSULTED),
         fallback_works=False,
         not_consulted_because="explicit port",
     )
@@ -273,8 +273,8 @@ def test_cache_lifetime_rules() -> None:
 
 
 def test_consistency() -> None:
-    good = interpret_well_known(http(body=b'{"m.server": "m.example.com"}'))
-    other = interpret_well_known(http(body=b'{"m.server": "old.example.com"}'))
+    good = interpret(http(body=b'{"m.server": "m.example.com"}'))
+    other = interpret(http(body=b'{"m.server": "old.example.com"}'))
     assert (
         check_well_known_consistency(
             "example.com", good, [("1.2.3.4:443", good), ("[2001:db8::1]:443", good)]
@@ -425,7 +425,7 @@ def test_targets_informational() -> None:
 
 
 def test_details_are_json_serialisable() -> None:
-    outcome = interpret_well_known(http(body=b'{"m.server": "m.example.com"}'))
+    outcome = interpret(http(body=b'{"m.server": "m.example.com"}'))
     json.dumps(check_well_known("example.com", outcome, fallback_works=True).to_json())
     json.dumps(
         check_srv(

@@ -6,14 +6,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from synapse_fedhealth.checks.config_lint import CONFIG_CHECK_IDS
-from synapse_fedhealth.checks.insider import INSIDER_CHECK_IDS
+from synapse_fedhealth.check_ids import ALL_CHECK_IDS
 from synapse_fedhealth.config import KNOWN_KEYS
-from synapse_fedhealth.families import NETWORK_CHECK_IDS
 from synapse_fedhealth.report import docs_anchor
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-ALL_CHECK_IDS = CONFIG_CHECK_IDS + NETWORK_CHECK_IDS + INSIDER_CHECK_IDS
 
 
 def _anchors(markdown: str) -> set[str]:

@@ -5,19 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import defer, error
+from twisted.internet import error
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from synapse_fedhealth.net.tls import (
-    ConnectOutcome,
-    TrustStore,
-    TwistedTlsProber,
-    classify_connect_error,
-)
-from synapse_fedhealth.network import NetworkChecker, NetworkFindings, NetworkSettings
+from synapse_fedhealth.engine.network_checker import NetworkFindings
+from synapse_fedhealth.net.results import ConnectOutcome
+from synapse_fedhealth.net.tls import TwistedTlsProber, classify_connect_error
 from synapse_fedhealth.report import Status
+from synapse_fedhealth.settings import RunSettings
+from tests.unit.engine_helpers import check_network, fake_io
 from tests.unit.test_network import VERSION, FakeHttp, FakeResolver, FakeTls
 
 KEYS_PATH = "/_matrix/key/v2/server"
@@ -53,12 +51,9 @@ class DeadAddressNextToWorkingOneTest(SynchronousTestCase):
     def run_checker(
         self, http: dict[tuple[str, str], Any], tls: dict[str, Any]
     ) -> NetworkFindings:
-        checker = NetworkChecker(
-            MemoryReactorClock(),
-            NetworkSettings(
-                server_name="example.com", timeout_s=10, cert_expiry_warning_days=14
-            ),
-            None,
+        reactor = MemoryReactorClock()
+        io = fake_io(
+            reactor,
             resolver=FakeResolver(
                 {
                     ("example.com", "A"): ["203.0.113.1"],
@@ -75,10 +70,12 @@ class DeadAddressNextToWorkingOneTest(SynchronousTestCase):
                     **http,
                 }
             ),
-            tls_prober=FakeTls(tls),
-            trust=TrustStore(),
+            tls=FakeTls(tls),
         )
-        return self.successResultOf(defer.ensureDeferred(checker.run()))
+        settings = RunSettings(
+            server_name="example.com", timeout_s=10, cert_expiry_warning_days=14
+        )
+        return self.successResultOf(check_network(reactor, settings, io))
 
     @staticmethod
     def by_target(findings: NetworkFindings, check_id: str) -> dict[str, Status]:

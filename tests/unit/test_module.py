@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 from unittest import mock
 
@@ -14,11 +15,13 @@ from synapse_fedhealth import homeserver
 from synapse_fedhealth.checks.forwarded import ECHO_PATH
 from synapse_fedhealth.config import parse_fedhealth_config
 from synapse_fedhealth.echo import EchoResource
+from synapse_fedhealth.engine.deadline import Deadline
 from synapse_fedhealth.homeserver import HomeserverSnapshot, ListenerInfo
 from synapse_fedhealth.module import ENDPOINT_PATH, FedHealthModule
 from synapse_fedhealth.report import Report, Status
 from synapse_fedhealth.resource import FedHealthResource
-from synapse_fedhealth.runner import FamilyOutcome
+from synapse_fedhealth.runner import CheckFamily, FamilyOutcome
+from synapse_fedhealth.service import FedHealthService
 
 
 def _snapshot(**overrides: Any) -> HomeserverSnapshot:
@@ -41,16 +44,47 @@ def _snapshot(**overrides: Any) -> HomeserverSnapshot:
 
 class FakeNetworkFamily:
     name = "network"
-    check_ids = ("connection.reachable",)
+    check_ids: Sequence[str] = ("connection.reachable",)
 
-    def __init__(self) -> None:
+    def __init__(self, public_listener_index: int | None = None) -> None:
         self.runs = 0
+        self.public_listener_index = public_listener_index
 
-    async def run(self) -> FamilyOutcome:
+    async def run(self, deadline: Deadline) -> FamilyOutcome:
         from synapse_fedhealth.report import ok
 
         self.runs += 1
-        return FamilyOutcome(checks=(ok("connection.reachable", "fine"),))
+        return FamilyOutcome(
+            checks=(ok("connection.reachable", "fine"),),
+            public_listener_index=self.public_listener_index,
+        )
+
+
+class OneFamily:
+    """A `FamilyFactory` with one first-phase family and no follow-ups."""
+
+    def __init__(self, family: CheckFamily) -> None:
+        self.family = family
+
+    def first(self, io: Any, settings: Any) -> list[CheckFamily]:
+        return [self.family]
+
+    def follow_ups(self, io: Any, settings: Any, network: Any) -> list[CheckFamily]:
+        return []
+
+
+def _service(family: CheckFamily, **config: Any) -> FedHealthService:
+    reactor = MemoryReactorClock()
+    return FedHealthService(
+        config=parse_fedhealth_config(config),
+        server_name="example.com",
+        snapshot=_snapshot(),
+        clock=reactor,
+        run_io=lambda settings: mock.Mock(),
+        families=OneFamily(family),
+        runs_network=True,
+        user_agent="Synapse/test",
+    )
 
 
 def _module(
@@ -140,50 +174,35 @@ def test_unreadable_synapse_config_does_not_crash(
     assert report.checks[0].details["reason"] == "error"
 
 
-def test_report_runs_family_and_caches(monkeypatch: pytest.MonkeyPatch) -> None:
-    module, _, _ = _module(monkeypatch)
+def test_report_runs_family_and_caches() -> None:
     family = FakeNetworkFamily()
-    monkeypatch.setattr(module, "_families", lambda *args: [family])
-    first = _report_now(module)
-    second = _report_now(module)
+    service = _service(family)
+    first = _report_now(service)
+    second = _report_now(service)
     assert first is second
     assert family.runs == 1
-    third = _report_now(module, refresh=True)
+    third = _report_now(service, refresh=True)
     assert family.runs == 2
     assert third is not first
 
 
-def _report_now(module: FedHealthModule, refresh: bool = False) -> Report:
-    d: defer.Deferred[Report] = module._get_report(refresh)
+def _report_now(
+    module: FedHealthModule | FedHealthService, refresh: bool = False
+) -> Report:
+    service = module.service if isinstance(module, FedHealthModule) else module
+    d: defer.Deferred[Report] = service.get_report(refresh)
     results: list[Report] = []
     d.addCallback(results.append)
     assert results, "the run should finish synchronously with fakes"
     return results[0]
 
 
-def test_public_listener_seen_by_a_run_makes_x_forwarded_definite(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from synapse_fedhealth.report import warn as warn_result
-
-    module, _, _ = _module(monkeypatch)
-    before = [c for c in module._static_checks() if c.id == "config.x_forwarded"]
+def test_public_listener_seen_by_a_run_makes_x_forwarded_definite() -> None:
+    # The run's echo request arrived on listener 0 (proxy.forwarded_headers).
+    service = _service(FakeNetworkFamily(public_listener_index=0))
+    before = [c for c in service.config_checks() if c.id == "config.x_forwarded"]
     assert before[0].summary.startswith("if a reverse proxy fronts")
-    report = Report.build(
-        server_name="example.com",
-        checks=[
-            warn_result(
-                "proxy.forwarded_headers",
-                "X-Forwarded-For did not arrive",
-                fix="f",
-                details={"listener_index": 0},
-            )
-        ],
-        federation_disabled=False,
-        generated_at=0,
-        duration_ms=0,
-    )
-    module._on_report(report)
-    after = [c for c in module._static_checks() if c.id == "config.x_forwarded"]
+    _report_now(service)
+    after = [c for c in service.config_checks() if c.id == "config.x_forwarded"]
     assert after[0].details.get("definite") is True
     assert not after[0].summary.startswith("if a reverse proxy fronts")

@@ -5,7 +5,7 @@ import logging
 import pytest
 
 from synapse_fedhealth.monitor import TransitionLogger, log_config_problems
-from synapse_fedhealth.render import problem_line, render_text, summary_line
+from synapse_fedhealth.render.text import problem_line, render_text, summary_line
 from synapse_fedhealth.report import CheckResult, Report, fail, ok, warn
 
 

@@ -9,11 +9,20 @@ from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from synapse_fedhealth.net.dns import DnsOutcome, DnsResult, SrvRecord
-from synapse_fedhealth.net.http import HttpResult
-from synapse_fedhealth.net.tls import ConnectOutcome, TlsProbeResult, TrustStore
-from synapse_fedhealth.network import NetworkChecker, NetworkFindings, NetworkSettings
+from synapse_fedhealth.engine.network_checker import NetworkFindings
+from synapse_fedhealth.net.results import (
+    ConnectOutcome,
+    DnsOutcome,
+    DnsResult,
+    HandshakeOutcome,
+    HttpResult,
+    ProbeError,
+    SrvRecord,
+    TlsProbeResult,
+)
 from synapse_fedhealth.report import Status
+from synapse_fedhealth.settings import RunSettings
+from tests.unit.engine_helpers import check_network, fake_io
 
 HANG = "hang"
 BOOM = "boom"
@@ -90,7 +99,7 @@ class FakeHttp:
                     url=url,
                     host_header=host_header or "",
                     sni=sni or "",
-                    error="refused",
+                    error=ProbeError.REFUSED,
                     error_message="connection refused",
                 )
             )
@@ -126,7 +135,7 @@ class FakeTls:
                     port=port,
                     sni=sni,
                     connect=ConnectOutcome.OK,
-                    handshake="ok",
+                    handshake=HandshakeOutcome.OK,
                     protocol="TLSv1.3",
                     cipher="X",
                 )
@@ -154,19 +163,11 @@ class NetworkCheckerTest(SynchronousTestCase):
     ) -> tuple[NetworkFindings, FakeResolver, FakeHttp, FakeTls]:
         reactor = MemoryReactorClock()
         resolver, fetcher, prober = FakeResolver(dns), FakeHttp(http), FakeTls(tls)
-        settings = NetworkSettings(
+        settings = RunSettings(
             server_name=server_name, timeout_s=timeout, cert_expiry_warning_days=14
         )
-        checker = NetworkChecker(
-            reactor,
-            settings,
-            None,
-            resolver=resolver,
-            http=fetcher,
-            tls_prober=prober,
-            trust=TrustStore(),
-        )
-        d = defer.ensureDeferred(checker.run())
+        io = fake_io(reactor, resolver=resolver, http=fetcher, tls=prober)
+        d = check_network(reactor, settings, io)
         if advance:
             for _ in range(int(advance * 10) + 2):
                 reactor.advance(0.1)
@@ -262,7 +263,7 @@ class NetworkCheckerTest(SynchronousTestCase):
         )
         assert self.status(findings, "discovery.well_known") == [Status.FAIL]
         assert self.status(findings, "connection.reachable") == [Status.FAIL]
-        assert not findings.federation_ok
+        assert any(c.status is Status.FAIL for c in findings.checks)
 
     def test_forbidden_addresses_never_probed(self) -> None:
         findings, _, fetcher, prober = self.run_checker(
@@ -294,7 +295,7 @@ class NetworkCheckerTest(SynchronousTestCase):
         reasons = {c.id: c.details.get("reason") for c in findings.checks}
         assert reasons["discovery.well_known"] == "timeout"
         assert reasons["discovery.srv"] == "timeout"
-        assert not findings.federation_ok
+        assert any(c.status is Status.FAIL for c in findings.checks)
 
     def test_hanging_probes_become_timeouts(self) -> None:
         findings, *_ = self.run_checker(

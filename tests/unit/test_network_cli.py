@@ -15,9 +15,9 @@ from synapse_fedhealth.check_command import (
     build_outside_report,
     main_check,
 )
-from synapse_fedhealth.net.tls import TrustStore
-from synapse_fedhealth.network import NetworkSettings
 from synapse_fedhealth.report import Status
+from synapse_fedhealth.settings import RunSettings
+from tests.unit.engine_helpers import fake_io
 from tests.unit.test_network import FakeHttp, FakeResolver, FakeTls
 
 
@@ -59,20 +59,17 @@ def test_usage_errors_exit_2() -> None:
 
 class OutsideReportTest(SynchronousTestCase):
     def test_report_skips_insider_checks_and_notes_vantage(self) -> None:
-        settings = NetworkSettings(
+        settings = RunSettings(
             server_name="example.com:8448", timeout_s=5, cert_expiry_warning_days=14
         )
-        d = defer.ensureDeferred(
-            build_outside_report(
-                MemoryReactorClock(),
-                settings,
-                None,
-                resolver=FakeResolver({("example.com", "A"): ["203.0.113.7"]}),
-                http=FakeHttp({}),
-                tls_prober=FakeTls({}),
-                trust=TrustStore(),
-            )
+        reactor = MemoryReactorClock()
+        io = fake_io(
+            reactor,
+            resolver=FakeResolver({("example.com", "A"): ["203.0.113.7"]}),
+            http=FakeHttp({}),
+            tls=FakeTls({}),
         )
+        d = defer.ensureDeferred(build_outside_report(reactor, settings, io))
         report = self.successResultOf(d)
         skipped = {c.id: c for c in report.checks if c.status is Status.SKIP}
         for check_id in (
@@ -85,3 +82,6 @@ class OutsideReportTest(SynchronousTestCase):
             assert INSIDER_ONLY_REASON in skipped[check_id].summary
         assert any("outsider" in n for n in report.notes)
         assert report.federation_tester["FederationOK"] is report.federation_ok is False
+        # An outsider can fetch the client well-known, so the command does.
+        (client,) = [c for c in report.checks if c.id == "client.well_known"]
+        assert client.status is not Status.SKIP

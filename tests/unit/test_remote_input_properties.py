@@ -34,14 +34,11 @@ from synapse.util.stringutils import (
     parse_and_validate_server_name as synapse_parse_server_name,
 )
 
-from synapse_fedhealth.checks import discovery
 from synapse_fedhealth.checks.discovery import (
     VALID_HOST_REGEX,
     Target,
     check_srv,
     check_well_known,
-    decide_srv,
-    interpret_well_known,
     parse_and_validate_server_name,
 )
 from synapse_fedhealth.checks.federation import (
@@ -57,6 +54,11 @@ from synapse_fedhealth.net.dns import (
 )
 from synapse_fedhealth.net.http import HttpResult
 from synapse_fedhealth.report import CheckResult, Status
+from synapse_fedhealth.server_discovery import (
+    WellKnownKind,
+    decide_srv,
+    interpret_well_known,
+)
 from tests.hypothesis_settings import REMOTE_INPUT_SETTINGS
 
 
@@ -284,7 +286,7 @@ def test_well_known_bodies(
             except ValueError:
                 expected = None
     assert outcome.delegated == expected
-    assert (outcome.kind == discovery.WK_DELEGATED) == (expected is not None)
+    assert (outcome.kind == WellKnownKind.DELEGATED) == (expected is not None)
     if expected is None and status == 200:
         assert check.status is Status.FAIL
         assert check.details["reason"] == "invalid"

@@ -6,21 +6,23 @@ from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
+from synapse_fedhealth.engine.deadline import REPORT_MARGIN_S, Deadline
+from synapse_fedhealth.engine.network_checker import NetworkFindings
 from synapse_fedhealth.report import CheckResult, Report, Status, ok, warn
 from synapse_fedhealth.runner import (
-    FOLLOW_UP_MARGIN_S,
     CheckFamily,
     CheckRunner,
     FamilyOutcome,
     ReportCache,
 )
+from synapse_fedhealth.server_discovery import Resolution, Target
 
 
 class HangingFamily:
     name = "network"
     check_ids: Sequence[str] = ("a.one", "a.two")
 
-    def run(self) -> defer.Deferred[FamilyOutcome]:
+    def run(self, deadline: Deadline) -> defer.Deferred[FamilyOutcome]:
         return defer.Deferred()  # never fires
 
 
@@ -28,7 +30,7 @@ class ExplodingFamily:
     name = "exploding"
     check_ids: Sequence[str] = ("b.one",)
 
-    async def run(self) -> FamilyOutcome:
+    async def run(self, deadline: Deadline) -> FamilyOutcome:
         raise RuntimeError("boom")
 
 
@@ -36,7 +38,7 @@ class QuickFamily:
     name = "quick"
     check_ids: Sequence[str] = ("c.one",)
 
-    async def run(self) -> FamilyOutcome:
+    async def run(self, deadline: Deadline) -> FamilyOutcome:
         return FamilyOutcome(
             checks=(warn("c.one", "meh", fix="f"),),
             federation_tester={"Version": {"name": "Synapse"}},
@@ -62,9 +64,9 @@ class CheckRunnerTests(SynchronousTestCase):
             _runner(reactor, [HangingFamily(), QuickFamily()]).run()
         )
         self.assertNoResult(d)
-        reactor.advance(10.4)
+        reactor.advance(9.9)
         self.assertNoResult(d)
-        reactor.advance(0.2)
+        reactor.advance(0.1)
         report = self.successResultOf(d)
         by_id = {c.id: c for c in report.checks}
         for check_id in ("a.one", "a.two"):
@@ -76,7 +78,8 @@ class CheckRunnerTests(SynchronousTestCase):
         self.assertEqual(report.verdict.value, "broken")
         self.assertEqual(report.federation_tester["Version"], {"name": "Synapse"})
         self.assertIs(report.federation_tester["FederationOK"], False)
-        self.assertTrue(10500 <= report.duration_ms <= 10600)
+        # `timeout` is the wall-clock budget of the whole run.
+        self.assertEqual(report.duration_ms, 10_000)
 
     def test_exception_in_family_is_contained(self) -> None:
         reactor = MemoryReactorClock()
@@ -191,51 +194,78 @@ class FollowUpFamily:
 
     def __init__(self, seen: object) -> None:
         self.seen = seen
+        self.deadline: Deadline | None = None
 
-    async def run(self) -> FamilyOutcome:
+    async def run(self, deadline: Deadline) -> FamilyOutcome:
+        self.deadline = deadline
         return FamilyOutcome(checks=(ok("d.one", f"saw {self.seen}"),))
 
 
-class FactsFamily:
-    name = "facts"
+TARGET = Target(
+    ip="203.0.113.7",
+    port=8448,
+    host_header="x",
+    sni="x",
+    hostname="x",
+    source="test",
+)
+
+
+class FindingsFamily:
+    name = "network"
     check_ids: Sequence[str] = ("e.one",)
 
     def __init__(self, reactor: MemoryReactorClock) -> None:
         self.reactor = reactor
+        self.deadline: Deadline | None = None
 
-    async def run(self) -> FamilyOutcome:
+    async def run(self, deadline: Deadline) -> FamilyOutcome:
+        self.deadline = deadline
         d: defer.Deferred[None] = defer.Deferred()
         self.reactor.callLater(4, d.callback, None)
         await d
-        return FamilyOutcome(checks=(ok("e.one", "x"),), facts={"targets": ["t1"]})
+        findings = NetworkFindings(
+            resolution=Resolution(server_name="x", targets=(TARGET,)),
+            checks=(),
+            federation_tester={},
+            served_keys={},
+            cert_expiry={"x": 123.0},
+        )
+        return FamilyOutcome(checks=(ok("e.one", "x"),), network=findings)
 
 
 class FollowUpTests(SynchronousTestCase):
-    def test_follow_ups_get_facts_and_the_remaining_budget(self) -> None:
+    def test_follow_ups_get_findings_and_the_same_deadline(self) -> None:
         reactor = MemoryReactorClock()
-        budgets: list[float] = []
+        first = FindingsFamily(reactor)
+        follow = FollowUpFamily(None)
 
-        def follow_ups(facts: object, remaining: float) -> list[CheckFamily]:
-            budgets.append(remaining)
-            assert isinstance(facts, dict)
-            return [FollowUpFamily(facts["targets"]), HangingFamily()]
+        def follow_ups(network: NetworkFindings | None) -> list[CheckFamily]:
+            assert network is not None
+            follow.seen = [t.address for t in network.targets]
+            return [follow, HangingFamily()]
 
         runner = CheckRunner(
             reactor=reactor,
             server_name="x",
             timeout_s=10,
             static_checks=list,
-            families=lambda: [FactsFamily(reactor)],
+            families=lambda: [first],
             follow_ups=follow_ups,
         )
         d = defer.ensureDeferred(runner.run())
         reactor.advance(4)
-        self.assertEqual(budgets, [6.0 - FOLLOW_UP_MARGIN_S])
+        # One deadline for the whole run, handed to every family as it is.
+        assert first.deadline is not None
+        self.assertIs(follow.deadline, first.deadline)
+        self.assertEqual(first.deadline.at, 10 - REPORT_MARGIN_S)
         self.assertNoResult(d)
-        # The hanging follow-up is cut at the end of the one deadline.
-        reactor.advance(6.6)
+        # The hanging follow-up is cut at the end of the one budget.
+        reactor.advance(6)
         report = self.successResultOf(d)
         by_id = {c.id: c for c in report.checks}
-        self.assertEqual(by_id["d.one"].summary, "saw ['t1']")
+        self.assertEqual(by_id["d.one"].summary, "saw ['203.0.113.7:8448']")
         self.assertEqual(by_id["a.one"].details["reason"], "timeout")
-        self.assertLessEqual(report.duration_ms, 10600)
+        self.assertEqual(report.duration_ms, 10_000)
+        # The engine's certificate expiry reaches the report for the metrics.
+        self.assertEqual(report.facts.cert_expiry, {"x": 123.0})

@@ -1,0 +1,94 @@
+"""The check families of a run, and the factory that picks them.
+
+`DefaultFamilies` is what the module runs: first the network family and the
+outside-view family, then, with the network findings, the checks of our own
+targets and the notaries. The `check` command runs `OutsiderFamilies`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from synapse_fedhealth.check_ids import Family, ids_of
+from synapse_fedhealth.families.network import NetworkFamily
+from synapse_fedhealth.families.outside import OutsideViewFamily
+from synapse_fedhealth.runner import CheckFamily, SkippedFamily
+from synapse_fedhealth.settings import RunSettings
+from synapse_fedhealth.wiring import RunIO
+
+if TYPE_CHECKING:
+    from synapse_fedhealth.engine.network_checker import NetworkFindings
+    from synapse_fedhealth.homeserver import HomeserverSnapshot
+
+
+class FamilyFactory(Protocol):
+    """Which families a run has; tests and the containment suite pass their
+    own."""
+
+    def first(self, io: RunIO, settings: RunSettings) -> Sequence[CheckFamily]: ...
+
+    def follow_ups(
+        self, io: RunIO, settings: RunSettings, network: NetworkFindings | None
+    ) -> Sequence[CheckFamily]: ...
+
+
+class DefaultFamilies:
+    def __init__(
+        self,
+        snapshot: HomeserverSnapshot,
+        *,
+        issue_nonce: Callable[[], str] | None,
+    ) -> None:
+        self._snapshot = snapshot
+        self._issue_nonce = issue_nonce
+
+    def first(self, io: RunIO, settings: RunSettings) -> Sequence[CheckFamily]:
+        return [
+            NetworkFamily(io, settings),
+            OutsideViewFamily(
+                io,
+                self._snapshot.server_name,
+                public_baseurl=self._snapshot.public_baseurl,
+                listeners=self._snapshot.listeners,
+                issue_nonce=self._issue_nonce,
+            ),
+        ]
+
+    def follow_ups(
+        self, io: RunIO, settings: RunSettings, network: NetworkFindings | None
+    ) -> Sequence[CheckFamily]:
+        from synapse_fedhealth.families.notary import NotaryFamily
+        from synapse_fedhealth.families.targets import TargetInsiderFamily
+
+        if network is None:
+            return [
+                SkippedFamily(
+                    Family.TARGETS.value,
+                    ids_of(Family.TARGETS, Family.NOTARY),
+                    "not run: the network checks did not finish (see their results)",
+                )
+            ]
+        return [
+            TargetInsiderFamily(io, self._snapshot, network),
+            NotaryFamily(
+                io, self._snapshot, network, notary_check=settings.notary_check
+            ),
+        ]
+
+
+class OutsiderFamilies:
+    """What anyone can check of any server (the `check` command)."""
+
+    def first(self, io: RunIO, settings: RunSettings) -> Sequence[CheckFamily]:
+        return [
+            NetworkFamily(io, settings),
+            OutsideViewFamily(
+                io, settings.server_name, public_baseurl=None, knows_config=False
+            ),
+        ]
+
+    def follow_ups(
+        self, io: RunIO, settings: RunSettings, network: NetworkFindings | None
+    ) -> Sequence[CheckFamily]:
+        return []

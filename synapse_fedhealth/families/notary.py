@@ -1,0 +1,145 @@
+"""`federation.notary` (SPEC 4.4): do the trusted key servers hold the key
+response this server serves now? Runs after the network family, which
+fetched that response from our public addresses.
+
+A notary is found as a Synapse peer finds it, with the same resolution, and
+asked once: one discovery and one POST per notary, no probe of its
+addresses.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from twisted.internet import defer
+
+from synapse_fedhealth.check_ids import Family, ids_of
+from synapse_fedhealth.checks.notary import (
+    NOTARY_QUERY_PATH,
+    build_notary_query,
+    judge_notary_answer,
+    judge_notary_error,
+    notary_minimum_valid_until_ts,
+    plan_notary_checks,
+)
+from synapse_fedhealth.engine.deadline import NOTARY_DISCOVERY_SHARE, Deadline
+from synapse_fedhealth.engine.network_checker import NetworkFindings
+from synapse_fedhealth.engine.resolution import ServerNameResolver, bounded_get
+from synapse_fedhealth.families.outside import MAX_BODY, error_kind
+from synapse_fedhealth.homeserver import HomeserverSnapshot, TrustedKeyServerInfo
+from synapse_fedhealth.report import CheckResult
+from synapse_fedhealth.runner import FamilyOutcome
+from synapse_fedhealth.wiring import RunIO
+
+
+class NotaryFamily:
+    name = Family.NOTARY.value
+    check_ids: Sequence[str] = ids_of(Family.NOTARY)
+
+    def __init__(
+        self,
+        io: RunIO,
+        snapshot: HomeserverSnapshot,
+        network: NetworkFindings,
+        *,
+        notary_check: bool,
+    ) -> None:
+        self._io = io
+        self._snapshot = snapshot
+        self._network = network
+        self._notary_check = notary_check
+        self._resolver = ServerNameResolver(
+            io.resolver, io.http, wall_clock=io.wall_clock
+        )
+
+    async def run(self, deadline: Deadline) -> FamilyOutcome:
+        plan = plan_notary_checks(self._snapshot, notary_check=self._notary_check)
+        results: list[CheckResult] = list(plan.skipped)
+        if plan.notaries:
+            results += await defer.gatherResults(
+                [defer.ensureDeferred(self._ask(n, deadline)) for n in plan.notaries],
+                consumeErrors=True,
+            )
+        return FamilyOutcome(checks=tuple(results))
+
+    def _minimum_valid_until_ts(self) -> int:
+        """Ask for the key response we serve now.
+
+        Synapse's notary answers from its cache only when the cached copy is
+        valid until at least this; otherwise it fetches from us, and answers
+        with whatever it has when that fails. Our current response is the
+        newest there is, so a notary that returns it has fetched it from the
+        outside since our server last refreshed it. Without a response seen
+        on our public addresses, fall back to half a refresh interval ahead.
+        """
+        current = current_served_valid_until(self._network, self._snapshot.server_name)
+        if current is not None:
+            return current
+        return notary_minimum_valid_until_ts(
+            int(self._io.wall_clock() * 1000), self._snapshot.key_refresh_interval_ms
+        )
+
+    async def _ask(
+        self, notary: TrustedKeyServerInfo, deadline: Deadline
+    ) -> CheckResult:
+        key = self._snapshot.signing_keys[0]
+        minimum = self._minimum_valid_until_ts()
+        found = await self._resolver.resolve(
+            notary.server_name, deadline.share(NOTARY_DISCOVERY_SHARE)
+        )
+        if not found.targets:
+            return judge_notary_error(
+                "unreachable",
+                "the notary's name did not resolve to any address from here",
+                notary=notary,
+                request={
+                    "url": f"https://{notary.server_name}{NOTARY_QUERY_PATH}",
+                    "host_header": notary.server_name,
+                    "sni": notary.server_name,
+                },
+            )
+        target = found.targets[0]
+        body = json.dumps(
+            build_notary_query(self._snapshot.server_name, [key.key_id], minimum)
+        )
+        result = await bounded_get(
+            self._io.http,
+            f"https://{target.hostname}:{target.port}{NOTARY_QUERY_PATH}",
+            deadline,
+            connect_to=(target.ip, target.port),
+            host_header=target.host_header,
+            sni=target.sni,
+            max_bytes=MAX_BODY,
+            method="POST",
+            extra_headers={"Content-Type": "application/json"},
+            body=body.encode("utf-8"),
+        )
+        request = result.request_details()
+        if result.status is None:
+            return judge_notary_error(
+                error_kind(result), result.error_message, notary=notary, request=request
+            )
+        return judge_notary_answer(
+            result.status,
+            result.headers,
+            result.body,
+            notary=notary,
+            server_name=self._snapshot.server_name,
+            signing_key=key,
+            minimum_valid_until_ts=minimum,
+            request=request,
+        )
+
+
+def current_served_valid_until(
+    network: NetworkFindings, server_name: str
+) -> int | None:
+    """The newest `valid_until_ts` of our own key responses that our public
+    addresses served in this run, if any."""
+    values = [
+        keys.valid_until_ts
+        for keys in network.served_keys.values()
+        if keys.server_name == server_name and isinstance(keys.valid_until_ts, int)
+    ]
+    return max(values) if values else None

@@ -1,0 +1,1 @@
+"""Views of a `Report`: text, log lines, the federation-tester view."""

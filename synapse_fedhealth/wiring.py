@@ -1,0 +1,92 @@
+"""The one place that builds the I/O objects: the DNS thread pool, the
+resolver and its run-scoped cache, the HTTP client, the TLS prober and the
+trust store. The module and the `check` command both come through here.
+
+`ProcessIO` lives as long as the process (one thread pool, trust stores read
+once); `ProcessIO.for_run` gives the `RunIO` that the families of one run
+share, so the same DNS question gets the same answer within a run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attr
+from twisted.python.threadpool import ThreadPool
+
+from synapse_fedhealth.net.dns import DnsResolver, ThreadedDnsResolver
+from synapse_fedhealth.net.dns_cache import RunScopedDnsCache
+from synapse_fedhealth.net.http import HttpFetcher, ProbeHttpClient
+from synapse_fedhealth.net.tls import TlsProber, TrustStore, TwistedTlsProber
+from synapse_fedhealth.settings import RunSettings
+
+# DNS lookups are few and short; bounded so they can't pile up.
+DNS_THREADS = 4
+DNS_THREAD_NAME = "synapse_fedhealth-dns"
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True, kw_only=True)
+class RunIO:
+    """The I/O objects the families of one run share. Tests build it from
+    fakes."""
+
+    resolver: DnsResolver
+    http: HttpFetcher
+    tls: TlsProber
+    trust: TrustStore
+    # Why the configured CA files could not be used ("" when they could);
+    # then `trust` is the system store and tls.certificate says so.
+    trust_error: str = ""
+    wall_clock: Callable[[], float] = time.time
+
+
+def load_trust_store(ca_files: tuple[str, ...]) -> tuple[TrustStore, str]:
+    """The store for `ca_files`, or the system store and why not.
+
+    A bad CA file is a config problem (linted by config.tls_listener); the
+    network checks judge with the system store rather than not at all."""
+    try:
+        return TrustStore(ca_files), ""
+    except (OSError, ValueError) as e:
+        return TrustStore(()), f"could not load {', '.join(ca_files)}: {e}"
+
+
+class ProcessIO:
+    """The process-wide I/O: the DNS thread pool and the trust stores."""
+
+    def __init__(self, reactor: Any, *, threadpool: ThreadPool | None = None) -> None:
+        self.reactor = reactor
+        self.threadpool = threadpool or ThreadPool(
+            minthreads=0, maxthreads=DNS_THREADS, name=DNS_THREAD_NAME
+        )
+        self._trust: dict[tuple[str, ...], tuple[TrustStore, str]] = {}
+
+    def start(self) -> None:
+        self.threadpool.start()
+
+    def stop(self) -> None:
+        self.threadpool.stop()
+
+    def trust_store(self, ca_files: tuple[str, ...]) -> tuple[TrustStore, str]:
+        """Read once per process: parsing the system store costs milliseconds
+        of reactor time, every run would pay them."""
+        if ca_files not in self._trust:
+            self._trust[ca_files] = load_trust_store(ca_files)
+        return self._trust[ca_files]
+
+    def for_run(self, settings: RunSettings) -> RunIO:
+        resolver = RunScopedDnsCache(
+            ThreadedDnsResolver(self.reactor, self.threadpool, settings.dns_servers)
+        )
+        trust, trust_error = self.trust_store(settings.ca_files)
+        return RunIO(
+            resolver=resolver,
+            http=ProbeHttpClient(
+                self.reactor, resolver, trust, user_agent=settings.user_agent
+            ),
+            tls=TwistedTlsProber(self.reactor),
+            trust=trust,
+            trust_error=trust_error,
+        )
