@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 from synapse_fedhealth._version import __version__
 from synapse_fedhealth.check_ids import ids_needing_more_than_outside_view
 from synapse_fedhealth.report import Report, skip
-from synapse_fedhealth.settings import RunSettings
 
 if TYPE_CHECKING:
+    from synapse_fedhealth.settings import RunSettings
     from synapse_fedhealth.wiring import RunIO
 
 EXIT_OK = 0
@@ -75,8 +75,15 @@ def _usage_error(message: str) -> int:
 
 def main_check(argv_namespace: argparse.Namespace) -> int:
     args = argv_namespace
+    from cryptography import x509
+
+    from synapse_fedhealth.checks.config_names import parse_server_name
     from synapse_fedhealth.config import parse_dns_server
 
+    try:
+        parse_server_name(args.server_name)
+    except ValueError as e:
+        return _usage_error(f"{args.server_name!r} is not a server name: {e}")
     if not 0 < args.timeout <= MAX_TIMEOUT_S:
         return _usage_error(
             f"--timeout must be between 0 and {MAX_TIMEOUT_S:g} seconds"
@@ -86,12 +93,23 @@ def main_check(argv_namespace: argparse.Namespace) -> int:
             parse_dns_server(entry)
         except ValueError as e:
             return _usage_error(f"--dns-server: {e}")
+    max_ca_file_bytes = 1024 * 1024  # far above a real bundle (Debian's: 215 KiB)
     for path in args.ca_file:
+        # Bounded read: a path such as /dev/zero would otherwise be read forever.
         try:
-            with open(path, "rb"):
-                pass
+            with open(path, "rb") as f:
+                pem = f.read(max_ca_file_bytes + 1)
         except OSError as e:
             return _usage_error(f"--ca-file: {e}")
+        if len(pem) > max_ca_file_bytes:
+            return _usage_error(f"--ca-file: {path} is larger than 1 MiB")
+        # The same parser the trust store uses, so what passes here loads there.
+        try:
+            certificates = x509.load_pem_x509_certificates(pem)
+        except ValueError:
+            certificates = []
+        if not certificates:
+            return _usage_error(f"--ca-file: {path} contains no PEM certificate")
 
     from synapse_fedhealth.settings import RunSettings
 
@@ -128,7 +146,6 @@ def _run_in_reactor(settings: RunSettings) -> Report:
 
     def _main(reactor: Any) -> defer.Deferred[None]:
         io = ProcessIO(reactor)
-        io.start()
         reactor.addSystemEventTrigger("during", "shutdown", io.stop)
 
         async def _go() -> None:

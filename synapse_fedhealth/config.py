@@ -12,6 +12,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
+from fractions import Fraction
 from typing import Any
 
 import attr
@@ -27,6 +28,11 @@ _DURATION_UNITS_MS = {
     "y": 365 * 24 * 60 * 60 * 1000,
 }
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w|y)?\s*$")
+# Far above every bound below, and small enough to print: float("1" * 400) is
+# infinity (int() of it raises OverflowError), and an int of more than 4,300
+# digits can't even be formatted into an error message.
+MAX_DURATION_MS = 10**15  # about 31,000 years
+MAX_DURATION_NUMBER_CHARS = 32
 
 # Bounds keep a typo from turning the module into a load generator or a no-op.
 MIN_TIMEOUT_MS = 500
@@ -78,6 +84,8 @@ def parse_duration_ms(value: object) -> int:
     if isinstance(value, int):
         if value < 0:
             raise ValueError("must not be negative")
+        if value > MAX_DURATION_MS:
+            raise ValueError(f"is too long (more than {MAX_DURATION_MS} ms)")
         return value
     if not isinstance(value, str):
         raise ValueError(
@@ -91,7 +99,16 @@ def parse_duration_ms(value: object) -> int:
             "'1h', '1d' or an integer number of milliseconds"
         )
     number, unit = match.groups()
-    return int(float(number) * _DURATION_UNITS_MS[unit or "ms"])
+    if len(number) > MAX_DURATION_NUMBER_CHARS:
+        raise ValueError(
+            f"has too many digits (at most {MAX_DURATION_NUMBER_CHARS}); "
+            "use a larger unit"
+        )
+    # Exact arithmetic: a float could round "0.29s" down to 289 ms.
+    ms = int(Fraction(number) * _DURATION_UNITS_MS[unit or "ms"])
+    if ms > MAX_DURATION_MS:
+        raise ValueError(f"is too long (more than {MAX_DURATION_MS} ms)")
+    return ms
 
 
 def _bool(key: str, value: object) -> bool:

@@ -12,6 +12,11 @@ still check it when all processes share the secret (derived from the signing
 key, which every process loads). Only nonces issued by this process are
 recorded, in a bounded book, so a stranger can't make the server store
 anything: an unknown nonce is a 404 and nothing more.
+
+A nonce is good for one request per process (a replay is a 404), and the
+answer is signed: HMAC-SHA256 over the nonce and the exact body, keyed by the
+nonce secret, in the `X-Fedhealth-Echo-MAC` header. So the check believes an
+answer only if this homeserver made it, not any server that mimics one.
 """
 
 from __future__ import annotations
@@ -19,16 +24,18 @@ from __future__ import annotations
 import collections
 import hashlib
 import hmac
+import json
 import secrets
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from synapse.api.errors import NotFoundError
-from synapse.http.server import DirectServeJsonResource
+from synapse.http.server import DirectServeJsonResource, respond_with_json_bytes
 from twisted.web import http
 
 from synapse_fedhealth.checks.forwarded import (
+    ECHO_MAC_HEADER,
     ECHO_PATH,
     MAX_HEADER_CHARS,
     EchoRecord,
@@ -44,6 +51,8 @@ MAX_NONCES = 64  # issued nonces kept (with their records) per process
 MAX_NONCE_CHARS = 128  # longer path segments are rejected before any work
 _MAC_HEX_CHARS = 32  # 128 bits of HMAC-SHA256
 _SECRET_LABEL = b"synapse-fedhealth echo nonce v1"
+# Keeps an answer's MAC from ever equalling a nonce's (same secret).
+_ANSWER_LABEL = b"synapse-fedhealth echo answer v1\n"
 
 
 def secret_from_signing_key(seed: bytes) -> bytes:
@@ -75,6 +84,9 @@ class NonceBook:
         self._book: collections.OrderedDict[str, EchoRecord | None] = (
             collections.OrderedDict()
         )
+        # Valid nonces already answered here (issued by any process), oldest
+        # first; kept until they expire, at most `max_nonces`.
+        self._used: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     def __len__(self) -> int:
         return len(self._book)
@@ -112,6 +124,38 @@ class NonceBook:
         if not payload or not hmac.compare_digest(mac, self._mac(payload)):
             return False
         return self._expiry(nonce) > self._clock()
+
+    def claim(self, nonce: str) -> bool:
+        """Valid and not used before in this process: True, once."""
+        if not self.is_valid(nonce):
+            return False
+        now = self._clock()
+        for used in [n for n in self._used if self._expiry(n) <= now]:
+            del self._used[used]
+        if nonce in self._used:
+            return False
+        self._used[nonce] = None
+        while len(self._used) > self._max_nonces:
+            self._used.popitem(last=False)
+        return True
+
+    def used_count(self) -> int:
+        return len(self._used)
+
+    def _answer_mac(self, nonce: str, body: bytes) -> str:
+        message = _ANSWER_LABEL + nonce.encode("ascii") + b"\n" + body
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+
+    def sign_answer(self, nonce: str, answer: object) -> tuple[bytes, str]:
+        """The echo answer's body (compact JSON) and its MAC."""
+        body = json.dumps(answer, separators=(",", ":"), sort_keys=True).encode("ascii")
+        return body, self._answer_mac(nonce, body)
+
+    def verify_answer(self, nonce: str, body: bytes, mac: str) -> bool:
+        """Did a process with our secret sign exactly `body` for `nonce`?"""
+        if len(nonce) > MAX_NONCE_CHARS or not nonce.isascii() or not mac.isascii():
+            return False
+        return hmac.compare_digest(mac, self._answer_mac(nonce, body))
 
     def record(self, nonce: str, record: EchoRecord) -> bool:
         """Keep `record` if `nonce` is one this process issued and still holds."""
@@ -209,9 +253,22 @@ class EchoResource(DirectServeJsonResource):
 
     async def _async_render_GET(self, request: SynapseRequest) -> tuple[int, Any]:
         nonce = nonce_from_path(list(request.postpath or []))
-        if nonce is None or not self._nonces.is_valid(nonce):
-            raise NotFoundError("Unknown or expired echo nonce")
+        if nonce is None or not self._nonces.claim(nonce):
+            raise NotFoundError("Unknown, expired or used echo nonce")
         record = echo_record_of(request)
         self._nonces.record(nonce, record)
         request.setHeader(b"Cache-Control", b"no-store")  # type: ignore[no-untyped-call]
         return 200, record.to_json()
+
+    def _send_response(
+        self, request: SynapseRequest, code: int, response_object: Any
+    ) -> None:
+        """Send the answer as bytes we sign: the MAC covers exactly what the
+        check receives (Synapse would encode the JSON after we could sign it)."""
+        nonce = nonce_from_path(list(request.postpath or []))
+        if nonce is None:  # only answers to a claimed nonce come here
+            super()._send_response(request, code, response_object)
+            return
+        body, mac = self._nonces.sign_answer(nonce, response_object)
+        request.setHeader(ECHO_MAC_HEADER.encode("ascii"), mac.encode("ascii"))  # type: ignore[no-untyped-call]
+        respond_with_json_bytes(request, code, body, send_cors=True)

@@ -364,13 +364,42 @@ def snapshot_from_raw(
 
 
 def module_entry_config(raw: Mapping[str, Any]) -> object:
-    """The `config:` block of our entry under `modules:`, if there is one."""
-    for entry in raw.get("modules") or []:
-        if isinstance(entry, Mapping) and str(entry.get("module", "")).startswith(
-            "synapse_fedhealth"
-        ):
-            return entry.get("config") or {}
-    return None
+    """The `config:` block of our entry under `modules:`, if there is one.
+
+    Raises ValueError naming the malformed part (with Synapse's path syntax,
+    "modules.<item 0>.config") when `modules:` is not what Synapse can load:
+    not a list, an entry that is not a mapping, a `module` that is not a
+    string, or a `config` that is not a mapping. Every entry is checked, not
+    only ours, because Synapse refuses to start on any of them.
+    """
+    entries = raw.get("modules") or []
+    if not isinstance(entries, list):
+        raise ValueError(
+            f"modules: expected a list of module entries, not {type(entries).__name__}"
+        )
+    ours: object = None
+    for index, entry in enumerate(entries):
+        path = f"modules.<item {index}>"
+        if not isinstance(entry, Mapping):
+            raise ValueError(
+                f"{path}: expected a mapping with `module` and `config`, "
+                f"not {type(entry).__name__}"
+            )
+        module = entry.get("module")
+        if not isinstance(module, str):
+            raise ValueError(
+                f"{path}.module: expected a string such as "
+                f"'synapse_fedhealth.FedHealthModule', not {type(module).__name__}"
+            )
+        # Synapse passes `config or {}` to the module, so null or empty is {}.
+        config = entry.get("config") or {}
+        if not isinstance(config, Mapping):
+            raise ValueError(
+                f"{path}.config: expected a mapping, not {type(config).__name__}"
+            )
+        if ours is None and module.startswith("synapse_fedhealth"):
+            ours = config
+    return ours
 
 
 def snapshot_of(api: ModuleApi) -> HomeserverSnapshot:

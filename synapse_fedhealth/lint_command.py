@@ -1,7 +1,8 @@
 """`python -m synapse_fedhealth lint -c homeserver.yaml [-c conf.d/]`.
 
 Runs the config checks offline, like `nginx -t`: exit 0 when nothing is worse
-than warn, 1 on a fail, 2 when the config can't be read.
+than warn, 1 on a fail, 2 when the config can't be read or used (not YAML, not
+a mapping, a malformed `modules:` list).
 """
 
 from __future__ import annotations
@@ -71,7 +72,11 @@ def main_lint(args: argparse.Namespace) -> int:
         print(f"synapse_fedhealth lint: cannot read the config: {e}", file=sys.stderr)
         return EXIT_UNREADABLE
 
-    module_config = module_entry_config(raw)
+    try:
+        module_config = module_entry_config(raw)
+    except ValueError as e:  # a malformed `modules:` that Synapse can't load either
+        print(f"synapse_fedhealth lint: cannot use the config: {e}", file=sys.stderr)
+        return EXIT_UNREADABLE
     try:
         settings = parse_fedhealth_config(module_config)
     except FedHealthConfigError as e:

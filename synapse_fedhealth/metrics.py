@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import attr
 from prometheus_client import Gauge
 
 from synapse_fedhealth.report import Report
@@ -36,20 +37,68 @@ TLS_CERT_EXPIRY = Gauge(
 )
 
 
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class PublishedSeries:
+    """The label sets one report published."""
+
+    server_name: str
+    check_ids: frozenset[str]
+    hosts: frozenset[str]
+
+
+class _LastPublished:
+    """What the previous `record_report` published, so that the next one can
+    remove the series it no longer has: a stale series keeps its last value
+    forever, and alerts would fire on it."""
+
+    series: PublishedSeries | None = None
+
+
+_last_published = _LastPublished()
+
+
 def record_report(
     report: Report, cert_expiry: Mapping[str, float] | None = None
 ) -> None:
-    """Publish a report. Checks with several results export their worst."""
+    """Publish a report. Checks with several results export their worst.
+
+    Series of the previous report that this one no longer has (a check id that
+    is gone or now `skip`, a certificate host, or everything of a previous
+    server name) are removed.
+    """
     name = report.server_name
-    FEDERATION_OK.labels(server_name=name).set(1 if report.federation_ok else 0)
     worst: dict[str, int] = {}
     for check in report.checks:
         value = check.status.metric_value
         if value is not None:
             worst[check.id] = max(worst.get(check.id, 0), value)
+    expiry = dict(cert_expiry or {})
+    published = PublishedSeries(
+        server_name=name, check_ids=frozenset(worst), hosts=frozenset(expiry)
+    )
+    previous = _last_published.series
+    if previous is not None:
+        _remove_stale(previous, published)
+
+    FEDERATION_OK.labels(server_name=name).set(1 if report.federation_ok else 0)
     for check_id, value in worst.items():
         CHECK_STATUS.labels(server_name=name, check=check_id).set(value)
     LAST_RUN_TIMESTAMP.labels(server_name=name).set(report.generated_at / 1000)
     RUN_DURATION.labels(server_name=name).set(report.duration_ms / 1000)
-    for host, expiry in (cert_expiry or {}).items():
-        TLS_CERT_EXPIRY.labels(server_name=name, host=host).set(expiry)
+    for host, not_after in expiry.items():
+        TLS_CERT_EXPIRY.labels(server_name=name, host=host).set(not_after)
+    _last_published.series = published
+
+
+def _remove_stale(previous: PublishedSeries, current: PublishedSeries) -> None:
+    old = previous.server_name
+    renamed = old != current.server_name
+    if renamed:
+        for gauge in (FEDERATION_OK, LAST_RUN_TIMESTAMP, RUN_DURATION):
+            gauge.remove(old)
+    for check_id in previous.check_ids:
+        if renamed or check_id not in current.check_ids:
+            CHECK_STATUS.remove(old, check_id)
+    for host in previous.hosts:
+        if renamed or host not in current.hosts:
+            TLS_CERT_EXPIRY.remove(old, host)

@@ -85,7 +85,6 @@ class FedHealthModule:
             logger.warning("synapse_fedhealth: the config checks failed: %s", e)
 
         if runs_network:
-            reactor.callWhenRunning(self._io.start)
             reactor.addSystemEventTrigger("during", "shutdown", self._io.stop)
             if config.startup_check:
                 api.delayed_background_call(
@@ -111,7 +110,7 @@ class FedHealthModule:
         """The check families of each run. A subclass may add its own."""
         if snapshot is None:
             return _NoFamilies()
-        return DefaultFamilies(snapshot, issue_nonce=self._nonces.issue)
+        return DefaultFamilies(snapshot, echo=self._nonces)
 
     async def _background_run(self) -> None:
         try:

@@ -16,15 +16,11 @@ from typing import Any
 import attr
 from twisted.python.threadpool import ThreadPool
 
-from synapse_fedhealth.net.dns import DnsResolver, ThreadedDnsResolver
+from synapse_fedhealth.net.dns import DnsLookupPool, DnsResolver, ThreadedDnsResolver
 from synapse_fedhealth.net.dns_cache import RunScopedDnsCache
 from synapse_fedhealth.net.http import HttpFetcher, ProbeHttpClient
 from synapse_fedhealth.net.tls import TlsProber, TrustStore, TwistedTlsProber
 from synapse_fedhealth.settings import RunSettings
-
-# DNS lookups are few and short; bounded so they can't pile up.
-DNS_THREADS = 4
-DNS_THREAD_NAME = "synapse_fedhealth-dns"
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True, kw_only=True)
@@ -54,20 +50,22 @@ def load_trust_store(ca_files: tuple[str, ...]) -> tuple[TrustStore, str]:
 
 
 class ProcessIO:
-    """The process-wide I/O: the DNS thread pool and the trust stores."""
+    """The process-wide I/O: the DNS lookup pool and the trust stores.
 
-    def __init__(self, reactor: Any, *, threadpool: ThreadPool | None = None) -> None:
+    Tests that run the engine against real servers may pass their own
+    Twisted `threadpool`."""
+
+    def __init__(
+        self, reactor: Any, *, threadpool: DnsLookupPool | ThreadPool | None = None
+    ) -> None:
         self.reactor = reactor
-        self.threadpool = threadpool or ThreadPool(
-            minthreads=0, maxthreads=DNS_THREADS, name=DNS_THREAD_NAME
-        )
+        self.threadpool = threadpool or DnsLookupPool(reactor)
         self._trust: dict[tuple[str, ...], tuple[TrustStore, str]] = {}
 
-    def start(self) -> None:
-        self.threadpool.start()
-
     def stop(self) -> None:
-        self.threadpool.stop()
+        """Never waits for a hanging lookup: shutdown must not block."""
+        if isinstance(self.threadpool, DnsLookupPool):
+            self.threadpool.stop()
 
     def trust_store(self, ca_files: tuple[str, ...]) -> tuple[TrustStore, str]:
         """Read once per process: parsing the system store costs milliseconds

@@ -4,11 +4,16 @@ Our run sends `GET /_synapse/client/fedhealth/echo/<nonce>` through the
 public path; the echo resource (synapse_fedhealth/echo.py) answers with an
 `EchoRecord`: the forwarded headers and Host that reached Synapse, and which
 listener received them. This module defines that record and judges it.
+
+The answer carries an HMAC-SHA256 of the nonce and the exact body, keyed by
+the nonce secret (header `X-Fedhealth-Echo-MAC`, made by
+`synapse_fedhealth.echo.NonceBook.sign_answer`): given a verifier, the judge
+believes only answers this homeserver made, not any server that mimics one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attr
@@ -16,6 +21,7 @@ import attr
 from synapse_fedhealth.checks.http_answer import (
     Headers,
     describe_answer,
+    header_value,
     parse_json_object,
     request_details,
 )
@@ -25,6 +31,9 @@ from synapse_fedhealth.report import CheckResult, ok, skip, warn
 FORWARDED_HEADERS = "proxy.forwarded_headers"
 ECHO_PATH = "/_synapse/client/fedhealth/echo"
 ECHO_RECORD_TYPE = "fedhealth.echo"
+ECHO_MAC_HEADER = "X-Fedhealth-Echo-MAC"
+# (nonce, body, mac) -> did this homeserver sign exactly this answer?
+EchoAnswerVerifier = Callable[[str, bytes, str], bool]
 # Longest header value kept: X-Forwarded-For chains stay readable, a hostile
 # client can't make the record large.
 MAX_HEADER_CHARS = 256
@@ -49,6 +58,12 @@ FIX_ENABLE_X_FORWARDED = (
     "Set `x_forwarded: true` on {listener} in homeserver.yaml: it sits behind "
     "a reverse proxy, and without it Synapse records the proxy's address for "
     "every client (logs, rate limiting, IP ban lists, the devices list)."
+)
+FIX_FOREIGN_ECHO = (
+    "Check where the public path (public_baseurl) leads: the answer to "
+    f"{ECHO_PATH} was not signed by this homeserver, so another server (or "
+    "something that rewrites answers, such as a caching proxy) answers for it. "
+    "Route /_synapse/client to this Synapse."
 )
 FIX_DISABLE_X_FORWARDED = (
     "{listener} is reached directly, without a proxy, yet trusts "
@@ -159,8 +174,16 @@ def judge_forwarded_headers(
     listeners: Sequence[ListenerInfo] = (),
     request: Mapping[str, Any],
     target: str | None = None,
+    nonce: str | None = None,
+    verify_answer: EchoAnswerVerifier | None = None,
 ) -> CheckResult:
-    """Judge the echo answer received through the public path. Never raises."""
+    """Judge the echo answer received through the public path. Never raises.
+
+    With `nonce` and `verify_answer` (the issuing `NonceBook.verify_answer`),
+    an answer without a valid `X-Fedhealth-Echo-MAC` is not believed: unsigned,
+    a `skip`; signed with another key, a `warn`. Without them every well-formed
+    answer is believed.
+    """
     details = request_details(request, http_status=status)
     obj, _ = parse_json_object(body) if status == 200 else (None, "")
     record = EchoRecord.from_json(obj)
@@ -173,6 +196,12 @@ def judge_forwarded_headers(
             details=details,
             target=target,
         )
+    if nonce is not None and verify_answer is not None:
+        unbelieved = _unauthenticated(
+            headers, body, nonce, verify_answer, details, target
+        )
+        if unbelieved is not None:
+            return unbelieved
     details["received"] = record.to_json()
     listener = _listener_for(record, listeners)
     where = _listener_name(record, listener)
@@ -247,6 +276,43 @@ def judge_forwarded_headers(
             "forwarded headers (`x_forwarded: false`), as it should"
         )
     return ok(FORWARDED_HEADERS, summary, details=details, target=target)
+
+
+def _unauthenticated(
+    headers: Headers,
+    body: bytes,
+    nonce: str,
+    verify_answer: EchoAnswerVerifier,
+    details: dict[str, Any],
+    target: str | None,
+) -> CheckResult | None:
+    """None when the answer's MAC is ours; else the result to report."""
+    mac = header_value(headers, ECHO_MAC_HEADER)
+    if mac is None:
+        details["reason"] = "unauthenticated"
+        return skip(
+            FORWARDED_HEADERS,
+            f"skipped: the echo answer did not come from this server: it has no "
+            f"{ECHO_MAC_HEADER} (another server, or an older synapse-fedhealth, "
+            "answered)",
+            details=details,
+            target=target,
+        )
+    try:
+        genuine = verify_answer(nonce, body, mac.strip())
+    except Exception:  # a verifier must not turn into an engine error
+        genuine = False
+    if genuine:
+        return None
+    details["reason"] = "bad_mac"
+    return warn(
+        FORWARDED_HEADERS,
+        f"the echo answer did not come from this server: its {ECHO_MAC_HEADER} "
+        "is not this homeserver's signature of the answer",
+        fix=FIX_FOREIGN_ECHO,
+        details=details,
+        target=target,
+    )
 
 
 def judge_forwarded_headers_error(

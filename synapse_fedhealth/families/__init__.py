@@ -7,12 +7,12 @@ targets and the notaries. The `check` command runs `OutsiderFamilies`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from synapse_fedhealth.check_ids import Family, ids_of
 from synapse_fedhealth.families.network import NetworkFamily
-from synapse_fedhealth.families.outside import OutsideViewFamily
+from synapse_fedhealth.families.outside import EchoNonces, OutsideViewFamily
 from synapse_fedhealth.runner import CheckFamily, SkippedFamily
 from synapse_fedhealth.settings import RunSettings
 from synapse_fedhealth.wiring import RunIO
@@ -38,10 +38,10 @@ class DefaultFamilies:
         self,
         snapshot: HomeserverSnapshot,
         *,
-        issue_nonce: Callable[[], str] | None,
+        echo: EchoNonces | None,
     ) -> None:
         self._snapshot = snapshot
-        self._issue_nonce = issue_nonce
+        self._echo = echo
 
     def first(self, io: RunIO, settings: RunSettings) -> Sequence[CheckFamily]:
         return [
@@ -51,7 +51,7 @@ class DefaultFamilies:
                 self._snapshot.server_name,
                 public_baseurl=self._snapshot.public_baseurl,
                 listeners=self._snapshot.listeners,
-                issue_nonce=self._issue_nonce,
+                echo=self._echo,
             ),
         ]
 

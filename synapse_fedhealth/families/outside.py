@@ -5,7 +5,8 @@ client well-known (client.well_known)."""
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 from twisted.internet import defer
 
@@ -37,6 +38,15 @@ def error_kind(result: HttpResult) -> str:
     return result.error or "error"
 
 
+class EchoNonces(Protocol):
+    """The echo resource's nonces (`echo.NonceBook`): one per echo request,
+    and the check that an answer was signed by this server for it."""
+
+    def issue(self) -> str: ...
+
+    def verify_answer(self, nonce: str, body: bytes, mac: str) -> bool: ...
+
+
 class OutsideViewFamily:
     """`public_baseurl` and `listeners` come from our config; the `check`
     command runs this family without them (then only client.well_known, and
@@ -52,14 +62,14 @@ class OutsideViewFamily:
         *,
         public_baseurl: str | None,
         listeners: Sequence[ListenerInfo] = (),
-        issue_nonce: Callable[[], str] | None = None,
+        echo: EchoNonces | None = None,
         knows_config: bool = True,
     ) -> None:
         self._http = io.http
         self._server_name = server_name
         self._public_baseurl = public_baseurl
         self._listeners = tuple(listeners)
-        self._issue_nonce = issue_nonce
+        self._echo = echo
         self._knows_config = knows_config
         if not knows_config:
             self.check_ids = (CLIENT_WELL_KNOWN,)
@@ -95,14 +105,13 @@ class OutsideViewFamily:
                     "path to send a request through",
                 )
             ]
-        if self._issue_nonce is None:
+        if self._echo is None:
             return [
                 skip(FORWARDED_HEADERS, "skipped: the echo resource is not mounted")
             ]
         parsed = urllib.parse.urlsplit(base)
-        url = urllib.parse.urljoin(
-            base, ECHO_PATH.lstrip("/") + "/" + self._issue_nonce()
-        )
+        nonce = self._echo.issue()
+        url = urllib.parse.urljoin(base, ECHO_PATH.lstrip("/") + "/" + nonce)
         result = await bounded_get(
             self._http, url, deadline, max_bytes=MAX_BODY, verify_tls=False
         )
@@ -122,6 +131,8 @@ class OutsideViewFamily:
                 sent_scheme=parsed.scheme or "https",
                 listeners=self._listeners,
                 request=request,
+                nonce=nonce,
+                verify_answer=self._echo.verify_answer,
             )
         ]
 

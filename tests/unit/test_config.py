@@ -93,6 +93,11 @@ INVALID_CONFIGS: list[tuple[Any, str]] = [
     ({"dns_servers": ["127.0.0.1:99999"]}, "dns_servers"),
     ({"dns_servers": [53]}, "dns_servers"),
     (["timeout"], "config"),
+    # Over-long or overflowing durations: float("1" * 400) is infinity.
+    ({"timeout": "1" * 400}, "timeout"),
+    ({"interval": "1" * 300 + "y"}, "interval"),
+    ({"cache_ttl": "1" * 400 + ".5s"}, "cache_ttl"),
+    ({"startup_delay": "0." + "1" * 400}, "startup_delay"),
 ]
 
 
@@ -109,6 +114,18 @@ def test_module_raises_synapse_config_error(raw: Any, key: str) -> None:
     with pytest.raises(ConfigError) as excinfo:
         FedHealthModule.parse_config(raw)
     assert tuple(excinfo.value.path or ()) == (key,)
+
+
+def test_huge_integer_duration_names_the_key() -> None:
+    # An int of 5,000 digits cannot be turned into text (Python's 4,300-digit
+    # limit), so the error message must not print it. YAML can't carry it
+    # either, which is why it is not in INVALID_CONFIGS.
+    with pytest.raises(FedHealthConfigError) as excinfo:
+        parse_fedhealth_config({"timeout": 10**5000})
+    assert excinfo.value.key == "timeout"
+    with pytest.raises(ConfigError) as config_excinfo:
+        FedHealthModule.parse_config({"timeout": 10**5000})
+    assert tuple(config_excinfo.value.path or ()) == ("timeout",)
 
 
 def test_ca_file_without_certificate(tmp_path: Path) -> None:

@@ -13,7 +13,11 @@ from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.web.http_headers import Headers
 
-from synapse_fedhealth.checks.forwarded import EchoRecord, judge_forwarded_headers
+from synapse_fedhealth.checks.forwarded import (
+    ECHO_MAC_HEADER,
+    EchoRecord,
+    judge_forwarded_headers,
+)
 from synapse_fedhealth.echo import (
     MAX_NONCE_CHARS,
     EchoResource,
@@ -105,6 +109,51 @@ def test_property_any_nonce_text_is_refused_without_raising(text: str) -> None:
     assert not nonces.is_valid(text)
     assert not nonces.record(text, EchoRecord())
     assert len(nonces) == 0
+
+
+def test_a_nonce_is_single_use() -> None:
+    nonces = book()
+    nonce = nonces.issue()
+    assert nonces.claim(nonce)
+    assert not nonces.claim(nonce)
+    assert not nonces.claim("1.2.3")
+
+
+def test_single_use_holds_for_another_process_sharing_the_secret() -> None:
+    secret = secret_from_signing_key(b"\x02" * 32)
+    issuer = NonceBook(clock=Clock(), secret=secret)
+    worker = NonceBook(clock=Clock(), secret=secret)
+    nonce = issuer.issue()
+    assert worker.claim(nonce)
+    assert not worker.claim(nonce)
+    assert len(worker) == 0  # claiming records no echo
+
+
+def test_used_nonces_are_forgotten_when_they_expire_and_bounded() -> None:
+    clock = Clock()
+    issuer = NonceBook(clock=clock, secret=b"s" * 32, ttl_s=10)
+    worker = NonceBook(clock=clock, secret=b"s" * 32, ttl_s=10, max_nonces=4)
+    used = [issuer.issue() for _ in range(10)]
+    for nonce in used:
+        assert worker.claim(nonce)
+    assert worker.used_count() <= 4
+    clock.now += 11
+    worker.claim(issuer.issue())  # claiming drops expired entries
+    assert worker.used_count() == 1
+
+
+def test_answer_mac_covers_the_nonce_and_the_exact_body() -> None:
+    nonces = book()
+    nonce, other = nonces.issue(), nonces.issue()
+    body, mac = nonces.sign_answer(nonce, {"type": "fedhealth.echo", "host": "h"})
+    assert nonces.verify_answer(nonce, body, mac)
+    assert not nonces.verify_answer(other, body, mac)
+    assert not nonces.verify_answer(nonce, body + b" ", mac)
+    assert not nonces.verify_answer(nonce, body, mac[:-1] + "0")
+    assert not nonces.verify_answer(nonce, body, "")
+    assert not NonceBook(clock=Clock(), secret=b"t" * 32).verify_answer(
+        nonce, body, mac
+    )
 
 
 def test_nonce_from_path() -> None:
@@ -247,6 +296,49 @@ def test_resource_answers_a_valid_nonce_and_records_it() -> None:
         200, {}, json.dumps(body).encode(), sent_host="example.com", request=REQUEST
     )
     assert result.status is Status.OK, result.summary
+
+
+def test_resource_signs_its_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    import synapse_fedhealth.echo
+
+    sent: list[tuple[int, bytes]] = []
+    monkeypatch.setattr(
+        synapse_fedhealth.echo,
+        "respond_with_json_bytes",
+        lambda request, code, body, send_cors=False: sent.append((code, body)),
+    )
+    nonces = NonceBook(secret=b"k" * 32)
+    resource = EchoResource(nonces)
+    nonce = nonces.issue()
+    request = _fake_request(
+        XForwardedForRequest,
+        {b"X-Forwarded-Proto": [b"https"], b"Host": [b"example.com"]},
+        postpath=[nonce.encode()],
+    )
+    request.setHeader = lambda name, value: request.responseHeaders.setRawHeaders(
+        name, [value]
+    )
+    code, answer = _render(resource, request)
+    resource._send_response(request, code, answer)
+    ((sent_code, body),) = sent
+    assert sent_code == 200
+    (mac,) = request.responseHeaders.getRawHeaders(ECHO_MAC_HEADER.encode())
+    assert nonces.verify_answer(nonce, body, mac.decode())
+    result = judge_forwarded_headers(
+        200,
+        {ECHO_MAC_HEADER: [mac.decode()]},
+        body,
+        sent_host="example.com",
+        request=REQUEST,
+        nonce=nonce,
+        verify_answer=nonces.verify_answer,
+    )
+    # Believed (judged on its headers), not refused as a foreign answer.
+    assert result.details.get("reason") not in ("unauthenticated", "bad_mac")
+    assert "received" in result.details, result.summary
+    # The nonce was used: a replay of the same request is refused.
+    replay = _fake_request(SynapseRequest, {}, postpath=[nonce.encode()])
+    assert isinstance(_render(resource, replay).value, NotFoundError)
 
 
 @pytest.mark.parametrize("segment", [b"nope", b"1.2.3", b""])

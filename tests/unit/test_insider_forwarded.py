@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from synapse_fedhealth.checks.forwarded import (
+    ECHO_MAC_HEADER,
     FORWARDED_HEADERS,
     EchoRecord,
     judge_forwarded_headers,
@@ -164,6 +165,52 @@ def test_not_routed_skips(status: int, body: bytes) -> None:
     result = judge(None, status=status, body=body)
     assert result.status is Status.SKIP
     assert "skipped" in result.summary
+
+
+NONCE = "2000000000.abcdef.0123"
+
+
+def _verify(nonce: str, body: bytes, mac: str) -> bool:
+    return nonce == NONCE and mac == "good-mac-for-" + body.decode()
+
+
+def _judge_signed(headers: dict[str, list[str]], record: EchoRecord) -> CheckResult:
+    return judge_forwarded_headers(
+        200,
+        {"content-type": ["application/json"], **headers},
+        json.dumps(record.to_json()).encode(),
+        sent_host=HOST,
+        listeners=(PROXIED_LISTENER,),
+        request=REQUEST,
+        nonce=NONCE,
+        verify_answer=_verify,
+    )
+
+
+def test_a_signed_answer_is_judged() -> None:
+    body = json.dumps(GOOD_PROXIED.to_json())
+    result = _judge_signed({ECHO_MAC_HEADER: ["good-mac-for-" + body]}, GOOD_PROXIED)
+    assert result.status is Status.OK, result.summary
+    assert result.details["received"] == GOOD_PROXIED.to_json()
+
+
+def test_an_unsigned_answer_did_not_come_from_this_server() -> None:
+    result = _judge_signed({}, GOOD_PROXIED)
+    assert result.status is Status.SKIP
+    assert result.details["reason"] == "unauthenticated"
+    assert "did not come from this server" in result.summary
+    assert "received" not in result.details
+
+
+def test_a_forged_answer_did_not_come_from_this_server() -> None:
+    # Even the MAC of another body is refused: it covers the exact bytes.
+    other = json.dumps(GOOD_DIRECT.to_json())
+    for mac in ("0" * 64, "good-mac-for-" + other):
+        result = _judge_signed({ECHO_MAC_HEADER.lower(): [mac]}, GOOD_PROXIED)
+        assert result.status is Status.WARN
+        assert result.details["reason"] == "bad_mac"
+        assert "did not come from this server" in result.summary
+        assert result.fix
 
 
 def test_errors() -> None:

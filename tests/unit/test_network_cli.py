@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Any
 
+import pytest
+import trustme
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
@@ -55,6 +59,88 @@ def test_usage_errors_exit_2() -> None:
         main_check(parse("example.com", "--ca-file", "/nonexistent/ca.pem"))
         == EXIT_USAGE
     )
+
+
+class _ValidationPassed(Exception):
+    """Raised where main_check builds its settings: the arguments were accepted."""
+
+
+@pytest.fixture
+def stop_after_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+    import synapse_fedhealth.settings
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise _ValidationPassed
+
+    monkeypatch.setattr(synapse_fedhealth.settings, "RunSettings", refuse)
+
+
+@pytest.mark.usefixtures("stop_after_validation")
+@pytest.mark.parametrize(
+    ("server_name", "problem"),
+    [
+        ("not a name", "the host may contain only"),
+        ("example.com:99999", "port"),
+        ("[::1", "mismatched"),
+        ("", "empty"),
+    ],
+)
+def test_bad_server_name_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], server_name: str, problem: str
+) -> None:
+    assert main_check(parse(server_name)) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "error: " in err and problem in err, err
+    assert len(err.splitlines()) == 1
+
+
+@pytest.mark.usefixtures("stop_after_validation")
+def test_good_arguments_pass_validation(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(trustme.CA().cert_pem.bytes())
+    with pytest.raises(_ValidationPassed):
+        main_check(parse("example.com:8448", "--ca-file", str(ca)))
+    with pytest.raises(_ValidationPassed):
+        main_check(parse("[::1]:8448"))
+
+
+@pytest.mark.usefixtures("stop_after_validation")
+def test_endless_ca_file_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    # /dev/zero never ends: the check must not read it forever.
+    assert main_check(parse("example.com", "--ca-file", "/dev/zero")) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "/dev/zero" in err and "1 MiB" in err, err
+
+
+@pytest.mark.usefixtures("stop_after_validation")
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"hello, not a certificate\n",
+        b"-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n",
+        b"-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n",
+    ],
+)
+def test_ca_file_without_a_pem_certificate_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes
+) -> None:
+    bad = tmp_path / "bad.pem"
+    bad.write_bytes(content)
+    assert main_check(parse("example.com", "--ca-file", str(bad))) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert str(bad) in err and "PEM certificate" in err, err
+
+
+@pytest.mark.usefixtures("stop_after_validation")
+def test_ca_file_over_1_mib_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    big = tmp_path / "big.pem"
+    big.write_bytes(trustme.CA().cert_pem.bytes() + b"#" * (1024 * 1024))
+    assert main_check(parse("example.com", "--ca-file", str(big))) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert str(big) in err and "larger than 1 MiB" in err, err
 
 
 class OutsideReportTest(SynchronousTestCase):

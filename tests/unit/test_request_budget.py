@@ -11,13 +11,14 @@ from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 
 from synapse_fedhealth.config import parse_fedhealth_config
+from synapse_fedhealth.echo import NonceBook
 from synapse_fedhealth.families import DefaultFamilies
 from synapse_fedhealth.homeserver import HomeserverSnapshot, ListenerInfo
 from synapse_fedhealth.net.dns_cache import RunScopedDnsCache
+from synapse_fedhealth.net.results import HttpResult
 from synapse_fedhealth.report import Report
 from synapse_fedhealth.service import FedHealthService
 from synapse_fedhealth.settings import RunSettings
-from synapse_fedhealth.net.results import HttpResult
 from tests.unit.engine_helpers import WALL_CLOCK_START, fake_io
 from tests.unit.insider_helpers import key_response, make_key, notary_info
 from tests.unit.test_network import VERSION, FakeHttp, FakeResolver, FakeTls
@@ -93,13 +94,13 @@ def _run(notaries: tuple[Any, ...]) -> tuple[Report, FakeHttp, FakeTls, int]:
         snapshot=snapshot,
         clock=reactor,
         run_io=run_io,
-        families=DefaultFamilies(snapshot, issue_nonce=lambda: "nonce"),
+        families=DefaultFamilies(snapshot, echo=NonceBook(secret=b"s" * 32)),
         runs_network=True,
         user_agent="Synapse/test",
     )
     d: defer.Deferred[Report] = service.get_report(refresh=True)
     reactor.advance(0)
-    report = []
+    report: list[Report] = []
     d.addCallback(report.append)
     assert report, "the run finishes at once with fakes"
     return report[0], http, tls, cache.queries_sent
