@@ -1,7 +1,8 @@
 """Static checks of the homeserver config (SPEC 4.1).
 
 `lint_config` is pure: it reads the snapshot and, for the TLS listeners, the
-certificate files; it never touches the network or reads the clock. Each
+certificate files (through `pem_files.FILES`, which parses a file only when
+it changed); it never touches the network or reads the clock. Each
 problem is one result (so start-up logs one line per problem); a check with
 no problem gives one `ok`, and one that does not apply gives one `skip`.
 """
@@ -15,14 +16,14 @@ from collections.abc import Callable
 import attr
 
 from synapse_fedhealth.checks import config_listeners
-from synapse_fedhealth.checks.config_names import (
+from synapse_fedhealth.checks.config_names import non_public_reason
+from synapse_fedhealth.homeserver import HomeserverSnapshot
+from synapse_fedhealth.matrix_names import (
     MAX_SERVER_NAME_LENGTH,
     ServerNameError,
-    non_public_reason,
     parse_ip,
     parse_server_name,
 )
-from synapse_fedhealth.homeserver import HomeserverSnapshot
 from synapse_fedhealth.report import CheckResult, fail, ok, warn
 
 logger = logging.getLogger(__name__)
@@ -180,7 +181,7 @@ def check_public_baseurl(snapshot: HomeserverSnapshot) -> list[CheckResult]:
                 details={**details, "host": host, "reason": reason},
             )
         )
-    elif server_is_public and parse_ip(host) is not None:
+    elif server_is_public and parse_ip(host, zone_ok=True) is not None:
         results.append(
             warn(
                 PUBLIC_BASEURL,

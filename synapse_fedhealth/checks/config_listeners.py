@@ -6,13 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from synapse_fedhealth.checks import config_certs
-from synapse_fedhealth.checks.config_names import (
-    BindScope,
-    ServerNameError,
-    bind_scope,
-    parse_server_name,
-)
+from synapse_fedhealth.checks.config_names import BindScope, bind_scope
 from synapse_fedhealth.homeserver import HomeserverSnapshot, ListenerInfo
+from synapse_fedhealth.matrix_names import ServerNameError, parse_server_name
 from synapse_fedhealth.report import CheckResult, fail, ok, skip, warn
 
 FEDERATION_LISTENER = "config.federation_listener"

@@ -8,18 +8,21 @@ hands the observations in. Semantics follow the server-server spec v1.19
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import attr
 
+from synapse_fedhealth.matrix_names import VALID_HOST_REGEX as VALID_HOST_REGEX
+from synapse_fedhealth.matrix_names import bare_host as bare_host
+from synapse_fedhealth.matrix_names import (
+    parse_and_validate_server_name as parse_and_validate_server_name,
+)
 from synapse_fedhealth.net.addresses import (
     AddressClass,
     classify_address,
     format_address,
-    is_ip_literal,
 )
 from synapse_fedhealth.net.dns import DnsOutcome, DnsResult, SrvRecord
 from synapse_fedhealth.net.http import (
@@ -44,41 +47,6 @@ DEFAULT_FEDERATION_PORT = 8448
 MAX_CACHE_LIFETIME_S = 10 * 365 * 24 * 3600
 SRV_FED_PREFIX = "_matrix-fed._tcp."
 SRV_LEGACY_PREFIX = "_matrix._tcp."
-
-# The same approximation of RFC 1035 that Synapse uses ("\Z", not "$").
-VALID_HOST_REGEX = re.compile(r"\A[0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*\Z")
-
-
-def parse_and_validate_server_name(server_name: str) -> tuple[str, int | None]:
-    """Split into (host, port), as Synapse's function of the same name does.
-
-    IPv6 literals keep their brackets. Raises ValueError when invalid.
-    """
-    if not server_name:
-        raise ValueError("empty server name")
-    if server_name[-1] == "]":
-        host, port = server_name, None
-    else:
-        host, sep, port_text = server_name.rpartition(":")
-        if not sep:
-            host, port = server_name, None
-        else:
-            if not port_text.isdigit() or not port_text.isascii():
-                raise ValueError(f"invalid port in {server_name!r}")
-            port = int(port_text)
-            if not 0 < port < 65536:
-                raise ValueError(f"port out of range in {server_name!r}")
-    if host.startswith("["):
-        if not host.endswith("]") or not is_ip_literal(host) or ":" not in host:
-            raise ValueError(f"{server_name!r} is not a valid IPv6 literal")
-    elif not VALID_HOST_REGEX.match(host):
-        raise ValueError(f"{server_name!r} has an invalid format")
-    return host, port
-
-
-def bare_host(host: str) -> str:
-    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
-
 
 # ---------------------------------------------------------------------------
 # Well-known
