@@ -77,8 +77,8 @@ def main_check(argv_namespace: argparse.Namespace) -> int:
     args = argv_namespace
     from cryptography import x509
 
-    from synapse_fedhealth.checks.config_names import parse_server_name
     from synapse_fedhealth.config import parse_dns_server
+    from synapse_fedhealth.matrix_names import parse_server_name
 
     try:
         parse_server_name(args.server_name)

@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from synapse.config.server import ListenerConfig
     from synapse.module_api import ModuleApi
 
-DEFAULT_BIND_ADDRESSES = ("::", "0.0.0.0")
 DEFAULT_KEY_REFRESH_INTERVAL_MS = 24 * 60 * 60 * 1000
 MAIN_PROCESS = "master"
 

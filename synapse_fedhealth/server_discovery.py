@@ -17,6 +17,7 @@ from typing import Any
 
 import attr
 
+from synapse_fedhealth.matrix_names import parse_and_validate_server_name
 from synapse_fedhealth.net.addresses import format_address
 from synapse_fedhealth.net.results import (
     DnsOutcome,
@@ -189,9 +190,6 @@ def interpret_well_known(http: HttpResult, *, now: float) -> WellKnownOutcome:
             m_server,
         )
     try:
-        # Imported here: checks/discovery.py imports this module.
-        from synapse_fedhealth.checks.discovery import parse_and_validate_server_name
-
         parse_and_validate_server_name(m_server)
     except ValueError as e:
         return _invalid(

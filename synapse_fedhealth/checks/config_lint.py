@@ -1,7 +1,8 @@
 """Static checks of the homeserver config (SPEC 4.1).
 
 `lint_config` is pure: it reads the snapshot and, for the TLS listeners, the
-certificate files; it never touches the network or reads the clock. Each
+certificate files (through `pem_files.FILES`, which parses a file only when
+it changed); it never touches the network or reads the clock. Each
 problem is one result (so start-up logs one line per problem); a check with
 no problem gives one `ok`, and one that does not apply gives one `skip`.
 """
@@ -14,15 +15,16 @@ from collections.abc import Callable
 
 import attr
 
+from synapse_fedhealth.check_ids import Family, ids_of
 from synapse_fedhealth.checks import config_listeners
-from synapse_fedhealth.checks.config_names import (
+from synapse_fedhealth.checks.config_names import non_public_reason
+from synapse_fedhealth.homeserver import HomeserverSnapshot
+from synapse_fedhealth.matrix_names import (
     MAX_SERVER_NAME_LENGTH,
     ServerNameError,
-    non_public_reason,
     parse_ip,
     parse_server_name,
 )
-from synapse_fedhealth.homeserver import HomeserverSnapshot
 from synapse_fedhealth.report import CheckResult, fail, ok, warn
 
 logger = logging.getLogger(__name__)
@@ -37,17 +39,7 @@ FEDERATION_RESTRICTIONS = "config.federation_restrictions"
 OUTBOUND_TLS = "config.outbound_tls"
 SIGNING_KEY = "config.signing_key"
 
-CONFIG_CHECK_IDS: tuple[str, ...] = (
-    SERVER_NAME,
-    FEDERATION_LISTENER,
-    X_FORWARDED,
-    TLS_LISTENER,
-    WELL_KNOWN,
-    PUBLIC_BASEURL,
-    FEDERATION_RESTRICTIONS,
-    OUTBOUND_TLS,
-    SIGNING_KEY,
-)
+CONFIG_CHECK_IDS: tuple[str, ...] = ids_of(Family.CONFIG)
 
 MS_PER_HOUR = 60 * 60 * 1000
 # Peers cache our keys until valid_until_ts = now + key_refresh_interval; the
@@ -180,7 +172,7 @@ def check_public_baseurl(snapshot: HomeserverSnapshot) -> list[CheckResult]:
                 details={**details, "host": host, "reason": reason},
             )
         )
-    elif server_is_public and parse_ip(host) is not None:
+    elif server_is_public and parse_ip(host, zone_ok=True) is not None:
         results.append(
             warn(
                 PUBLIC_BASEURL,

@@ -6,14 +6,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from synapse_fedhealth.checks import config_certs
-from synapse_fedhealth.checks.config_names import (
-    BindScope,
-    ServerNameError,
-    bind_scope,
-    parse_server_name,
-)
+from synapse_fedhealth.checks.config_names import BindScope, bind_scope
 from synapse_fedhealth.homeserver import HomeserverSnapshot, ListenerInfo
+from synapse_fedhealth.matrix_names import ServerNameError, parse_server_name
 from synapse_fedhealth.report import CheckResult, fail, ok, skip, warn
+from synapse_fedhealth.settings import trust_files
 
 FEDERATION_LISTENER = "config.federation_listener"
 X_FORWARDED = "config.x_forwarded"
@@ -330,7 +327,7 @@ def check_tls_listener(
         expected_host=host,
         now=now,
         warning_days=warning_days,
-        ca_files=_trust_files(snapshot, ca_file),
+        ca_files=trust_files(ca_file, snapshot.federation_custom_ca_list or ()),
     )
     base_details = {
         "listeners": [x.label for x in tls_listeners],
@@ -368,12 +365,6 @@ def check_tls_listener(
             details=base_details,
         )
     ]
-
-
-def _trust_files(snapshot: HomeserverSnapshot, ca_file: str | None) -> tuple[str, ...]:
-    if ca_file is not None:
-        return (ca_file,)
-    return snapshot.federation_custom_ca_list or ()
 
 
 _FULLCHAIN_FIX = (

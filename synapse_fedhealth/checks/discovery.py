@@ -7,14 +7,12 @@ server-server spec v1.19 "Resolving server names" and Synapse's own client.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
 from synapse_fedhealth.net.addresses import (
     AddressClass,
     classify_address,
-    is_ip_literal,
 )
 from synapse_fedhealth.net.results import DnsOutcome
 from synapse_fedhealth.report import CheckResult, fail, ok, skip, warn
@@ -36,41 +34,6 @@ WELL_KNOWN_CONSISTENCY = "discovery.well_known_consistency"
 SRV = "discovery.srv"
 ADDRESSES = "discovery.addresses"
 TARGETS = "discovery.targets"
-
-
-# The same approximation of RFC 1035 that Synapse uses ("\Z", not "$").
-VALID_HOST_REGEX = re.compile(r"\A[0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*\Z")
-
-
-def parse_and_validate_server_name(server_name: str) -> tuple[str, int | None]:
-    """Split into (host, port), as Synapse's function of the same name does.
-
-    IPv6 literals keep their brackets. Raises ValueError when invalid.
-    """
-    if not server_name:
-        raise ValueError("empty server name")
-    if server_name[-1] == "]":
-        host, port = server_name, None
-    else:
-        host, sep, port_text = server_name.rpartition(":")
-        if not sep:
-            host, port = server_name, None
-        else:
-            if not port_text.isdigit() or not port_text.isascii():
-                raise ValueError(f"invalid port in {server_name!r}")
-            port = int(port_text)
-            if not 0 < port < 65536:
-                raise ValueError(f"port out of range in {server_name!r}")
-    if host.startswith("["):
-        if not host.endswith("]") or not is_ip_literal(host) or ":" not in host:
-            raise ValueError(f"{server_name!r} is not a valid IPv6 literal")
-    elif not VALID_HOST_REGEX.match(host):
-        raise ValueError(f"{server_name!r} has an invalid format")
-    return host, port
-
-
-def bare_host(host: str) -> str:
-    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
 # ---------------------------------------------------------------------------

@@ -17,11 +17,8 @@ from typing import Any
 import attr
 from twisted.internet import defer
 
-from synapse_fedhealth.checks.discovery import (
-    bare_host,
-    parse_and_validate_server_name,
-)
 from synapse_fedhealth.engine.deadline import BoundFailure, Deadline
+from synapse_fedhealth.matrix_names import bare_host, parse_and_validate_server_name
 from synapse_fedhealth.net.addresses import (
     AddressClass,
     classify_address,

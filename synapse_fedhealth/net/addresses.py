@@ -5,6 +5,10 @@ from __future__ import annotations
 import enum
 import ipaddress
 
+from synapse_fedhealth.matrix_names import format_address as format_address
+from synapse_fedhealth.matrix_names import is_ip_literal as is_ip_literal
+from synapse_fedhealth.matrix_names import parse_ip
+
 
 class AddressClass(enum.Enum):
     PUBLIC = "public"
@@ -44,32 +48,12 @@ _FORBIDDEN_NETWORKS = tuple(
 
 
 def classify_address(address: str) -> AddressClass:
-    ip = ipaddress.ip_address(address.strip("[]"))
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    """Raises ValueError when `address` is not an IP address."""
+    ip = parse_ip(address, zone_ok=True)
+    if ip is None:
+        raise ValueError(f"{address!r} is not an IP address")
     if any(ip in net for net in _FORBIDDEN_NETWORKS):
         return AddressClass.FORBIDDEN
     if any(ip in net for net in _PRIVATE_NETWORKS):
         return AddressClass.PRIVATE
     return AddressClass.PUBLIC
-
-
-def is_ip_literal(host: str) -> bool:
-    """An IPv4 address, or an IPv6 one (bare or in one pair of brackets)."""
-    if host.startswith("["):
-        if not host.endswith("]"):
-            return False
-        # Exactly one pair: "[::[]".strip("[]") would be "::".
-        host = host[1:-1]
-    if "%" in host:
-        return False  # a zone index ("fe80::1%eth0") means nothing to peers
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def format_address(ip: str, port: int) -> str:
-    """ "ip:port", with IPv6 in brackets ("[::1]:8448")."""
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"

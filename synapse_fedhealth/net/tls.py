@@ -1,17 +1,19 @@
 """TLS: the trust store, our own chain verification, and a handshake probe.
 
+Chain verification is shared by `tls.certificate` and `config.tls_listener`.
+
 We verify chains ourselves (rather than letting the handshake fail) so that a
 rejected certificate comes with one precise reason a human can act on.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import ipaddress
 import os
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import attr
@@ -31,6 +33,8 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from synapse_fedhealth import pem_files
+from synapse_fedhealth.matrix_names import bare_host, names_cover_host, parse_ip
 from synapse_fedhealth.net.results import ConnectOutcome as ConnectOutcome
 from synapse_fedhealth.net.results import HandshakeOutcome
 from synapse_fedhealth.net.results import TlsProbeResult as TlsProbeResult
@@ -56,12 +60,18 @@ _REASON_PRIORITY[REASON_SELF_SIGNED] = -1
 
 # OpenSSL X509_V_ERR_* codes we classify.
 _X509_ERR_UNABLE_TO_GET_ISSUER_CERT = 2
-_X509_ERR_CERT_NOT_YET_VALID = 9
-_X509_ERR_CERT_HAS_EXPIRED = 10
 _X509_ERR_DEPTH_ZERO_SELF_SIGNED_CERT = 18
 _X509_ERR_SELF_SIGNED_CERT_IN_CHAIN = 19
 _X509_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY = 20
 _X509_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE = 21
+_ISSUER_NOT_FOUND = (
+    _X509_ERR_UNABLE_TO_GET_ISSUER_CERT,
+    _X509_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY,
+    _X509_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE,
+)
+# X509_V_FLAG_NO_CHECK_TIME: OpenSSL would judge dates by the machine's clock;
+# callers judge them against the `now` they pass in.
+_X509_FLAG_NO_CHECK_TIME = 0x200000
 
 # A hostile server may send a huge chain; only this many certificates are kept.
 MAX_CHAIN_LENGTH = 10
@@ -70,35 +80,147 @@ MAX_CHAIN_LENGTH = 10
 class TrustStore:
     """The roots peers use: CA bundle files, or the system store.
 
-    Files are read once, when the store is built; every certificate in each
-    PEM file is trusted.
+    Files are parsed through `pem_files.FILES`, and the OpenSSL store built
+    from them is shared while they are unchanged, so building a TrustStore
+    again costs a stat per file. Raises OSError or ValueError when a CA file
+    cannot be read or holds no certificate, unless `skip_unreadable`: then
+    such files are left out (`files` lists the ones used).
     """
 
-    def __init__(self, ca_files: Sequence[str] = ()) -> None:
+    def __init__(
+        self, ca_files: Sequence[str] = (), *, skip_unreadable: bool = False
+    ) -> None:
         self.ca_files = tuple(ca_files)
-        self._store = crypto.X509Store()
         if not self.ca_files:
-            # OpenSSL's default locations: the system store on Debian & co.
-            paths = ssl.get_default_verify_paths()
-            cafile = paths.cafile or paths.openssl_cafile
-            capath = paths.capath or paths.openssl_capath
-            if cafile and os.path.isfile(cafile):
-                self._store.load_locations(cafile)
-            elif capath and os.path.isdir(capath):
-                self._store.load_locations(None, capath)  # type: ignore[arg-type,unused-ignore]
+            cafile, capath = _system_locations()
             self.description = "the system trust store"
-            return
-        for path in self.ca_files:
-            with open(path, "rb") as f:
-                pem = f.read()
-            certs = x509.load_pem_x509_certificates(pem)
-            for cert in certs:
-                self._store.add_cert(crypto.X509.from_cryptography(cert))
-        self.description = "the CA file(s) " + ", ".join(self.ca_files)
+            if cafile is not None:
+                # The fallback when CA files fail: it must not fail itself.
+                bundles: tuple[pem_files.CaBundle, ...] = tuple(
+                    _ca_bundles([cafile], skip_unreadable=True)
+                )
+            elif capath is not None:
+                self.files: tuple[str, ...] = ()
+                self._store = _directory_store(capath)
+                return
+            else:
+                bundles = ()
+        else:
+            self.description = "the CA file(s) " + ", ".join(self.ca_files)
+            bundles = tuple(_ca_bundles(self.ca_files, skip_unreadable))
+        self.files = tuple(b.path for b in bundles)
+        self._store = _bundle_store(bundles)
 
     @property
     def store(self) -> crypto.X509Store:
         return self._store
+
+
+def _ca_bundles(
+    ca_files: Sequence[str], skip_unreadable: bool
+) -> Iterator[pem_files.CaBundle]:
+    for path in ca_files:
+        try:
+            bundle = pem_files.FILES.ca_bundle(path)
+        except (OSError, ValueError):
+            if skip_unreadable:
+                continue
+            raise
+        if not bundle.certificates and not skip_unreadable:
+            raise ValueError(f"{path} holds no PEM certificate")
+        yield bundle
+
+
+@functools.cache
+def _system_locations() -> tuple[str | None, str | None]:
+    """OpenSSL's default CA file or directory: the system store on Debian & co."""
+    paths = ssl.get_default_verify_paths()
+    cafile = paths.cafile or paths.openssl_cafile
+    capath = paths.capath or paths.openssl_capath
+    if cafile and os.path.isfile(cafile):
+        return cafile, None
+    if capath and os.path.isdir(capath):
+        return None, capath
+    return None, None
+
+
+def _new_store() -> crypto.X509Store:
+    store = crypto.X509Store()
+    store.set_flags(_X509_FLAG_NO_CHECK_TIME)
+    return store
+
+
+@functools.cache
+def _directory_store(capath: str) -> crypto.X509Store:
+    # OpenSSL looks certificates up in the directory when it needs them.
+    store = _new_store()
+    store.load_locations(None, capath)  # type: ignore[arg-type,unused-ignore]
+    return store
+
+
+# Built stores by file list, with the bundles they were built from: a cached
+# bundle object stays the same while its file is unchanged.
+_stores: dict[
+    tuple[str, ...], tuple[tuple[pem_files.CaBundle, ...], crypto.X509Store]
+] = {}
+
+
+def _bundle_store(bundles: tuple[pem_files.CaBundle, ...]) -> crypto.X509Store:
+    key = tuple(b.path for b in bundles)
+    built = _stores.get(key)
+    if built is not None and all(
+        a is b for a, b in zip(built[0], bundles, strict=True)
+    ):
+        return built[1]
+    store = _new_store()
+    for bundle in bundles:
+        for cert in bundle.certificates:
+            store.add_cert(crypto.X509.from_cryptography(cert))
+    _stores[key] = (bundles, store)
+    return store
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True, kw_only=True)
+class ChainCheck:
+    """What OpenSSL made of a chain, dates aside (see `validity_reason`)."""
+
+    reason: str | None  # None when the chain leads to a trusted root
+    message: str  # how tls.certificate words the problem; "" when none
+    issuer_not_found: bool = False  # the chain stops at an issuer nobody has
+    verified: tuple[x509.Certificate, ...] = ()  # leaf to root, when trusted
+
+
+def check_chain(chain: Sequence[x509.Certificate], trust: TrustStore) -> ChainCheck:
+    """Verify `chain` (leaf first, as served) against `trust` with OpenSSL."""
+    leaf = crypto.X509.from_cryptography(chain[0])
+    intermediates = [crypto.X509.from_cryptography(c) for c in chain[1:]]
+    context = crypto.X509StoreContext(trust.store, leaf, intermediates)
+    try:
+        verified = context.get_verified_chain()
+    except crypto.X509StoreContextError as e:
+        code = int(e.errors[0]) if e.errors else -1
+        message = str(e.errors[2]) if len(e.errors) > 2 else str(e)
+        reason, text = _classify_openssl_error(code, message, len(chain))
+        return ChainCheck(
+            reason=reason,
+            message=text,
+            issuer_not_found=code in _ISSUER_NOT_FOUND
+            or code == _X509_ERR_SELF_SIGNED_CERT_IN_CHAIN,
+        )
+    return ChainCheck(
+        reason=None,
+        message="",
+        verified=tuple(c.to_cryptography() for c in verified),
+    )
+
+
+def validity_reason(cert: x509.Certificate, now: float) -> str | None:
+    """REASON_EXPIRED or REASON_NOT_YET_VALID at `now`; None inside the window."""
+    if now > cert.not_valid_after_utc.timestamp():
+        return REASON_EXPIRED
+    if now < cert.not_valid_before_utc.timestamp():
+        return REASON_NOT_YET_VALID
+    return None
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True, kw_only=True)
@@ -120,39 +242,54 @@ class CertVerification:
         return self.reason is None
 
 
+# (for the leaf, for a certificate deeper in the chain)
+_VALIDITY_WORDING = {
+    REASON_EXPIRED: (
+        "the certificate expired on {not_after}",
+        "a certificate in the chain (depth {depth}) has expired",
+    ),
+    REASON_NOT_YET_VALID: (
+        "the certificate is not valid before {not_before}",
+        "a certificate in the chain (depth {depth}) is not valid yet",
+    ),
+}
+
+
 def verify_chain(
     chain: Sequence[x509.Certificate],
     name: str,
     trust: TrustStore,
     *,
-    now: float | None = None,
+    now: float,
 ) -> CertVerification:
-    """Verify `chain` (leaf first, as served) for `name` against `trust`."""
-    if now is None:
-        now = time.time()
+    """Verify `chain` (leaf first, as served) for `name` against `trust`, with
+    every date judged at `now`."""
     leaf = chain[0]
     problems: list[tuple[str, str]] = []
 
-    not_before = leaf.not_valid_before_utc.timestamp()
-    not_after = leaf.not_valid_after_utc.timestamp()
-    if now > not_after:
-        problems.append(
-            (REASON_EXPIRED, f"the certificate expired on {_iso(not_after)}")
-        )
-    elif now < not_before:
-        problems.append(
-            (
-                REASON_NOT_YET_VALID,
-                f"the certificate is not valid before {_iso(not_before)}",
+    checked = check_chain(chain, trust)
+    if checked.reason is not None:
+        problems.append((checked.reason, checked.message))
+    # The leaf's dates always matter; the rest of the chain's once it leads to
+    # a root (as in OpenSSL, which checks them after building the chain).
+    for depth, cert in enumerate([leaf, *checked.verified[1:]]):
+        validity = validity_reason(cert, now)
+        if validity is not None:
+            wording = _VALIDITY_WORDING[validity][min(depth, 1)]
+            problems.append(
+                (
+                    validity,
+                    wording.format(
+                        depth=depth,
+                        not_before=_iso(cert.not_valid_before_utc.timestamp()),
+                        not_after=_iso(cert.not_valid_after_utc.timestamp()),
+                    ),
+                )
             )
-        )
 
-    chain_problem = _chain_problem(chain, trust)
-    if chain_problem is not None:
-        problems.append(chain_problem)
-
-    sans = _san_names(leaf)
-    if not name_matches(name, leaf):
+    dns_names, ip_names = san_names(leaf)
+    sans = (dns_names + ip_names)[:MAX_SAN_NAMES]
+    if not names_cover_host(dns_names + ip_names, name):
         shown = ", ".join(sans) if sans else "no subjectAltName"
         problems.append(
             (
@@ -166,8 +303,8 @@ def verify_chain(
         name=name,
         reason=problems[0][0] if problems else None,
         problems=tuple(msg for _, msg in problems),
-        not_before=not_before,
-        not_after=not_after,
+        not_before=leaf.not_valid_before_utc.timestamp(),
+        not_after=leaf.not_valid_after_utc.timestamp(),
         subject=leaf.subject.rfc4514_string(),
         issuer=leaf.issuer.rfc4514_string(),
         san_names=sans,
@@ -175,38 +312,12 @@ def verify_chain(
     )
 
 
-def _chain_problem(
-    chain: Sequence[x509.Certificate], trust: TrustStore
-) -> tuple[str, str] | None:
-    leaf = crypto.X509.from_cryptography(chain[0])
-    intermediates = [crypto.X509.from_cryptography(c) for c in chain[1:]]
-    try:
-        crypto.X509StoreContext(trust.store, leaf, intermediates).verify_certificate()
-    except crypto.X509StoreContextError as e:
-        code = int(e.errors[0]) if e.errors else -1
-        depth = int(e.errors[1]) if len(e.errors) > 1 else 0
-        message = str(e.errors[2]) if len(e.errors) > 2 else str(e)
-        return _classify_openssl_error(code, depth, message, len(chain))
-    return None
-
-
 def _classify_openssl_error(
-    code: int, depth: int, message: str, chain_length: int
+    code: int, message: str, chain_length: int
 ) -> tuple[str, str]:
     if code == _X509_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
         return REASON_SELF_SIGNED, "the certificate is self-signed"
-    if code == _X509_ERR_CERT_HAS_EXPIRED:
-        return REASON_EXPIRED, f"a certificate in the chain (depth {depth}) has expired"
-    if code == _X509_ERR_CERT_NOT_YET_VALID:
-        return (
-            REASON_NOT_YET_VALID,
-            f"a certificate in the chain (depth {depth}) is not valid yet",
-        )
-    if code in (
-        _X509_ERR_UNABLE_TO_GET_ISSUER_CERT,
-        _X509_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY,
-        _X509_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE,
-    ):
+    if code in _ISSUER_NOT_FOUND:
         # The issuer is neither served nor trusted. With only the leaf served,
         # the likeliest cause is a missing intermediate (cert.pem instead of
         # fullchain.pem); with a chain served, the chain leads to an unknown CA.
@@ -227,42 +338,26 @@ def _classify_openssl_error(
     return REASON_UNTRUSTED_ISSUER, f"the chain does not verify: {message}"
 
 
-def _san_names(cert: x509.Certificate) -> tuple[str, ...]:
+MAX_SAN_NAMES = 50  # shown and kept per certificate
+
+
+def san_names(cert: x509.Certificate) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The leaf's subject alternative names: DNS names (lower-cased) and IP
+    addresses, as text; empty when it has none or they do not parse."""
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except (x509.ExtensionNotFound, ValueError):
-        return ()
-    names: list[str] = [str(n).lower() for n in san.get_values_for_type(x509.DNSName)]
-    names += [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
-    return tuple(names[:50])
+        return (), ()
+    dns_names = tuple(str(n).lower() for n in san.get_values_for_type(x509.DNSName))
+    ips = tuple(str(ip) for ip in san.get_values_for_type(x509.IPAddress))
+    return dns_names, ips
 
 
 def name_matches(name: str, cert: x509.Certificate) -> bool:
     """RFC 6125 matching on subjectAltName only (no CN fallback, as in
     service_identity, which Twisted and so Synapse use)."""
-    name = name.lower().rstrip(".")
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (x509.ExtensionNotFound, ValueError):
-        return False
-    try:
-        ip = ipaddress.ip_address(name.strip("[]"))
-    except ValueError:
-        ip = None
-    if ip is not None:
-        return any(ip == other for other in san.get_values_for_type(x509.IPAddress))
-    for pattern in san.get_values_for_type(x509.DNSName):
-        if _dns_name_matches(name, pattern.lower().rstrip(".")):
-            return True
-    return False
-
-
-def _dns_name_matches(name: str, pattern: str) -> bool:
-    if not pattern.startswith("*."):
-        return name == pattern
-    # A wildcard covers exactly one left-most label.
-    head, _, rest = name.partition(".")
-    return bool(head) and rest == pattern[2:]
+    dns_names, ip_names = san_names(cert)
+    return names_cover_host(dns_names + ip_names, name)
 
 
 def common_name(name: x509.Name) -> str:
@@ -277,7 +372,7 @@ def cert_summary(cert: x509.Certificate) -> dict[str, Any]:
         "SubjectCommonName": common_name(cert.subject),
         "IssuerCommonName": common_name(cert.issuer),
         "SHA256Fingerprint": _unpadded_b64(hashlib.sha256(der).digest()),
-        "DNSNames": [n for n in _san_names(cert) if not _is_ip(n)],
+        "DNSNames": list(san_names(cert)[0][:MAX_SAN_NAMES]),
     }
 
 
@@ -287,24 +382,15 @@ def _unpadded_b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii").rstrip("=")
 
 
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
 
 
 def sni_for(name: str) -> bytes | None:
     """The SNI to send for `name`: none for IP literals (RFC 6066)."""
-    bare = name.strip("[]")
-    if _is_ip(bare):
+    if parse_ip(name, zone_ok=True) is not None:
         return None
-    return bare.encode("idna")
+    return bare_host(name).encode("idna")
 
 
 # ---------------------------------------------------------------------------
@@ -386,7 +472,10 @@ class RecordingConnectionCreator:
                 return
             if not self._recorder.chain:
                 raise SSL.Error("the server sent no certificate")
-            verification = verify_chain(self._recorder.chain, self._name, self._trust)
+            # The handshake just happened: its certificates are judged now.
+            verification = verify_chain(
+                self._recorder.chain, self._name, self._trust, now=time.time()
+            )
             self._recorder.verification = verification
             if not verification.valid:
                 raise CertificateRejected(verification)

@@ -16,13 +16,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from synapse_fedhealth.checks import config_certs
 from synapse_fedhealth.checks.config_lint import LintSettings, lint_config
 from synapse_fedhealth.homeserver import (
     HomeserverSnapshot,
     ListenerInfo,
     SigningKeyInfo,
 )
+from synapse_fedhealth.matrix_names import names_cover_host as covers_host
+from synapse_fedhealth.pem_files import MAX_PEM_FILE_BYTES
 from synapse_fedhealth.report import CheckResult, Status
 
 NOW_DT = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
@@ -448,7 +449,7 @@ def test_corrupt_certificate_file_fails(files: Files, content: bytes) -> None:
 
 
 def test_oversized_certificate_file_fails(files: Files) -> None:
-    [result] = files.lint([b"x" * (config_certs.MAX_PEM_FILE_BYTES + 1)], b"key")
+    [result] = files.lint([b"x" * (MAX_PEM_FILE_BYTES + 1)], b"key")
     assert reasons([result]) == [(Status.FAIL, "unreadable")]
 
 
@@ -469,4 +470,4 @@ def test_oversized_certificate_file_fails(files: Files) -> None:
     ],
 )
 def test_covers_host(names: list[str], host: str, expected: bool) -> None:
-    assert config_certs.covers_host(names, host) is expected
+    assert covers_host(names, host) is expected

@@ -9,11 +9,12 @@ from synapse.util.stringutils import parse_and_validate_server_name
 
 from synapse_fedhealth.checks.config_names import (
     BindScope,
-    ServerNameError,
     bind_scope,
-    host_matches_dns_pattern,
     non_public_reason,
-    parse_server_name,
+)
+from synapse_fedhealth.matrix_names import ServerNameError, parse_server_name
+from synapse_fedhealth.matrix_names import (
+    dns_name_matches as host_matches_dns_pattern,
 )
 
 

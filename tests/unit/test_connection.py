@@ -93,7 +93,9 @@ def self_signed(name: str) -> x509.Certificate:
 
 
 def test_valid_chain(ca: trustme.CA, trust: TrustStore) -> None:
-    verification = verify_chain(load_chain(ca.issue_cert(NAME)), NAME, trust)
+    verification = verify_chain(
+        load_chain(ca.issue_cert(NAME)), NAME, trust, now=NOW.timestamp()
+    )
     assert verification.valid, verification.problems
     result, _ = check_certificate(
         TARGET,
@@ -127,7 +129,10 @@ def test_not_yet_valid(ca: trustme.CA, trust: TrustStore) -> None:
         not_before=NOW + datetime.timedelta(days=2),
         not_after=NOW + datetime.timedelta(days=100),
     )
-    assert verify_chain(load_chain(leaf), NAME, trust).reason == "not_yet_valid"
+    assert (
+        verify_chain(load_chain(leaf), NAME, trust, now=NOW.timestamp()).reason
+        == "not_yet_valid"
+    )
 
 
 def test_expiring_soon_warns(ca: trustme.CA, trust: TrustStore) -> None:
@@ -140,7 +145,10 @@ def test_expiring_soon_warns(ca: trustme.CA, trust: TrustStore) -> None:
 
 
 def test_self_signed(trust: TrustStore) -> None:
-    assert verify_chain([self_signed(NAME)], NAME, trust).reason == "self_signed"
+    assert (
+        verify_chain([self_signed(NAME)], NAME, trust, now=NOW.timestamp()).reason
+        == "self_signed"
+    )
 
 
 def test_untrusted_issuer(trust: TrustStore) -> None:
@@ -148,14 +156,19 @@ def test_untrusted_issuer(trust: TrustStore) -> None:
     intermediate = other.create_child_ca()
     chain = load_chain(intermediate.issue_cert(NAME))
     assert len(chain) >= 2
-    assert verify_chain(chain, NAME, trust).reason == "untrusted_issuer"
+    assert (
+        verify_chain(chain, NAME, trust, now=NOW.timestamp()).reason
+        == "untrusted_issuer"
+    )
 
 
 def test_missing_intermediate(ca: trustme.CA, trust: TrustStore) -> None:
     intermediate = ca.create_child_ca()
     leaf = intermediate.issue_cert(NAME)
-    assert verify_chain(load_chain(leaf), NAME, trust).valid
-    verification = verify_chain(load_chain(leaf, with_intermediates=False), NAME, trust)
+    assert verify_chain(load_chain(leaf), NAME, trust, now=NOW.timestamp()).valid
+    verification = verify_chain(
+        load_chain(leaf, with_intermediates=False), NAME, trust, now=NOW.timestamp()
+    )
     assert verification.reason == "missing_intermediate"
     result, _ = check_certificate(
         TARGET,
@@ -169,7 +182,7 @@ def test_missing_intermediate(ca: trustme.CA, trust: TrustStore) -> None:
 
 def test_name_mismatch(ca: trustme.CA, trust: TrustStore) -> None:
     verification = verify_chain(
-        load_chain(ca.issue_cert("other.example.com")), NAME, trust
+        load_chain(ca.issue_cert("other.example.com")), NAME, trust, now=NOW.timestamp()
     )
     assert verification.reason == "name_mismatch"
     assert "other.example.com" in verification.problems[0]

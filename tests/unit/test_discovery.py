@@ -15,8 +15,8 @@ from synapse_fedhealth.checks.discovery import (
     check_targets,
     check_well_known,
     check_well_known_consistency,
-    parse_and_validate_server_name,
 )
+from synapse_fedhealth.matrix_names import parse_and_validate_server_name
 from synapse_fedhealth.net.results import DnsOutcome, DnsResult, HttpResult, SrvRecord
 from synapse_fedhealth.report import Status
 from synapse_fedhealth.server_discovery import (

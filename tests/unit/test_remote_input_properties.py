@@ -35,16 +35,18 @@ from synapse.util.stringutils import (
 )
 
 from synapse_fedhealth.checks.discovery import (
-    VALID_HOST_REGEX,
     Target,
     check_srv,
     check_well_known,
-    parse_and_validate_server_name,
 )
 from synapse_fedhealth.checks.federation import (
     MAX_REPORTED_DEPTH,
     canonical_json,
     check_keys,
+)
+from synapse_fedhealth.matrix_names import (
+    VALID_HOST_REGEX,
+    parse_and_validate_server_name,
 )
 from synapse_fedhealth.net.dns import (
     MAX_RECORDS_PER_ANSWER,
