@@ -58,58 +58,39 @@ WELL_KNOWN_PORT = 443
 WELL_KNOWN_SHARE = 0.7
 
 
-@attr.s(slots=True, auto_attribs=True)
 class _Draft:
-    """A `Resolution` being filled in; frozen when discovery ends."""
+    """The `Resolution` being filled in, step by step. Each step replaces the
+    value, so whatever the deadline cuts short is still a consistent one."""
 
-    server_name: str
-    invalid_name: str = ""
-    well_known_consulted: bool = False
-    srv_not_used_because: str = ""
-    well_known: WellKnownOutcome | None = None
-    well_known_by_address: tuple[tuple[str, WellKnownOutcome], ...] | None = None
-    name_srv: SrvDecision | None = None
-    delegated: str | None = None
-    srv: SrvDecision | None = None
-    hosts: list[HostAddresses] = attr.ib(factory=list)
-    literal_targets: list[str] = attr.ib(factory=list)
-    targets: list[Target] = attr.ib(factory=list)
-    targets_truncated: bool = False
-    complete: bool = False
-    error: str = ""
+    def __init__(self, server_name: str) -> None:
+        self.value = Resolution(server_name=server_name)
+
+    def set(self, **changes: Any) -> None:
+        self.value = attr.evolve(self.value, **changes)
+
+    def add_host(self, host: HostAddresses) -> None:
+        self.set(hosts=(*self.value.hosts, host))
 
     def freeze(self) -> Resolution:
-        well_known = self.well_known
-        if self.well_known_consulted and well_known is None:
-            well_known = WellKnownOutcome(
-                kind=WellKnownKind.TIMEOUT,
-                http=HttpResult(
-                    url=well_known_url(self.server_name),
-                    host_header=self.server_name,
-                    sni=self.server_name,
-                    error=ProbeError.TIMEOUT,
-                    error_message="timed out",
+        value = self.value
+        if value.well_known_consulted and value.well_known is None:
+            name = value.server_name
+            value = attr.evolve(
+                value,
+                well_known=WellKnownOutcome(
+                    kind=WellKnownKind.TIMEOUT,
+                    http=HttpResult(
+                        url=well_known_url(name),
+                        host_header=name,
+                        sni=name,
+                        error=ProbeError.TIMEOUT,
+                        error_message="timed out",
+                    ),
+                    problem="the request timed out",
+                    reason="timeout",
                 ),
-                problem="the request timed out",
-                reason="timeout",
             )
-        return Resolution(
-            server_name=self.server_name,
-            invalid_name=self.invalid_name,
-            well_known_consulted=self.well_known_consulted,
-            srv_not_used_because=self.srv_not_used_because,
-            well_known=well_known,
-            well_known_by_address=self.well_known_by_address,
-            name_srv=self.name_srv,
-            delegated=self.delegated,
-            srv=self.srv,
-            hosts=tuple(self.hosts),
-            literal_targets=tuple(self.literal_targets),
-            targets=tuple(self.targets),
-            targets_truncated=self.targets_truncated,
-            complete=self.complete,
-            error=self.error,
-        )
+        return value
 
 
 def well_known_url(server_name: str) -> str:
@@ -132,11 +113,11 @@ class ServerNameResolver:
         self._wall_clock = wall_clock
 
     async def resolve(self, server_name: str, deadline: Deadline) -> Resolution:
-        draft = _Draft(server_name=server_name)
+        draft = _Draft(server_name)
 
         def stopped(failure: BoundFailure) -> None:
             if failure.kind == "error":
-                draft.error = str(failure)
+                draft.set(error=str(failure))
 
         await deadline.bound(
             lambda: self._discover(draft, deadline), stopped, what="server discovery"
@@ -146,41 +127,41 @@ class ServerNameResolver:
     # -- the spec's steps --------------------------------------------------------
 
     async def _discover(self, draft: _Draft, deadline: Deadline) -> None:
-        name = draft.server_name
+        name = draft.value.server_name
         try:
             host, port = parse_and_validate_server_name(name)
         except ValueError as e:
-            draft.invalid_name = str(e)
-            draft.complete = True
+            draft.set(invalid_name=str(e), complete=True)
             return
         if is_ip_literal(host) or port is not None:
             # Steps 1 and 2: no well-known, no SRV.
-            draft.srv_not_used_because = (
-                f"{name} is an IP literal"
+            draft.set(
+                srv_not_used_because=f"{name} is an IP literal"
                 if is_ip_literal(host)
                 else f"{name} has an explicit port"
             )
             await self._resolve_direct(
                 draft, host, port, host_header=name, sni=bare_host(host), until=deadline
             )
-            draft.complete = True
+            draft.set(complete=True)
             return
         # Step 3 (the well-known) and steps 4-5 of the server name (SRV),
         # concurrently: both are needed when there is no delegation.
-        draft.well_known_consulted = True
+        draft.set(well_known_consulted=True)
         well_known_until = deadline.share(WELL_KNOWN_SHARE)
         await _gather(
             self._fetch_well_known(draft, name, well_known_until),
             self._lookup_name_srv(draft, name, well_known_until),
         )
-        if draft.well_known is not None and draft.well_known.delegated is not None:
-            draft.delegated = draft.well_known.delegated
-            await self._resolve_delegated(draft, draft.delegated, deadline)
-        elif draft.name_srv is not None:
+        well_known, name_srv = draft.value.well_known, draft.value.name_srv
+        if well_known is not None and well_known.delegated is not None:
+            draft.set(delegated=well_known.delegated)
+            await self._resolve_delegated(draft, well_known.delegated, deadline)
+        elif name_srv is not None:
             await self._resolve_with_srv(
-                draft, name, draft.name_srv, host_header=name, sni=name, until=deadline
+                draft, name, name_srv, host_header=name, sni=name, until=deadline
             )
-        draft.complete = True
+        draft.set(complete=True)
 
     async def _fetch_well_known(
         self, draft: _Draft, name: str, until: Deadline
@@ -193,9 +174,11 @@ class ServerNameResolver:
             if classify_address(a) is not AddressClass.FORBIDDEN
         ][:MAX_WELL_KNOWN_ADDRESSES]
         if not usable:
-            draft.well_known_by_address = ()
-            draft.well_known = self._interpret(
-                _no_well_known_address(url, name, addresses)
+            draft.set(
+                well_known_by_address=(),
+                well_known=self._interpret(
+                    _no_well_known_address(url, name, addresses)
+                ),
             )
             return
         results = await _gather(
@@ -213,23 +196,25 @@ class ServerNameResolver:
                 for ip in usable
             )
         )
-        draft.well_known_by_address = tuple(
-            (format_address(ip, WELL_KNOWN_PORT), self._interpret(r))
-            for ip, r in zip(usable, results, strict=True)
-        )
         # A peer uses whichever address connects first.
         connected = [
             r
             for r in results
             if r.error not in (ProbeError.REFUSED, ProbeError.UNREACHABLE)
         ]
-        draft.well_known = self._interpret(connected[0] if connected else results[0])
+        draft.set(
+            well_known_by_address=tuple(
+                (format_address(ip, WELL_KNOWN_PORT), self._interpret(r))
+                for ip, r in zip(usable, results, strict=True)
+            ),
+            well_known=self._interpret(connected[0] if connected else results[0]),
+        )
 
     def _interpret(self, http: HttpResult) -> WellKnownOutcome:
         return interpret_well_known(http, now=self._wall_clock())
 
     async def _lookup_name_srv(self, draft: _Draft, name: str, until: Deadline) -> None:
-        draft.name_srv = await self._srv_decision(name, until)
+        draft.set(name_srv=await self._srv_decision(name, until))
 
     async def _srv_decision(self, host: str, until: Deadline) -> SrvDecision:
         fed, legacy = await _gather(
@@ -244,8 +229,8 @@ class ServerNameResolver:
         host, port = parse_and_validate_server_name(delegated)
         sni = bare_host(host)
         if is_ip_literal(host) or port is not None:
-            draft.srv_not_used_because = (
-                f"the well-known delegates to the IP literal {delegated}"
+            draft.set(
+                srv_not_used_because=f"the well-known delegates to the IP literal {delegated}"
                 if is_ip_literal(host)
                 else f"the well-known delegates to {delegated}, with an explicit port"
             )
@@ -271,7 +256,7 @@ class ServerNameResolver:
         port = port or DEFAULT_FEDERATION_PORT
         bare = bare_host(host)
         if is_ip_literal(host):
-            draft.literal_targets.append(bare)
+            draft.set(literal_targets=(*draft.value.literal_targets, bare))
             _add_targets(
                 draft,
                 [bare],
@@ -283,7 +268,7 @@ class ServerNameResolver:
             )
             return
         addresses = await self._host_addresses(host, until)
-        draft.hosts.append(addresses)
+        draft.add_host(addresses)
         _add_targets(
             draft,
             addresses.addresses,
@@ -304,12 +289,12 @@ class ServerNameResolver:
         sni: str,
         until: Deadline,
     ) -> None:
-        draft.srv = decision
+        draft.set(srv=decision)
         if decision.kind in (SrvKind.FAILED, SrvKind.UNAVAILABLE):
             return  # Synapse gives up here: no targets.
         if decision.kind == SrvKind.NONE:
             addresses = await self._host_addresses(host, until)
-            draft.hosts.append(addresses)
+            draft.add_host(addresses)
             _add_targets(
                 draft,
                 addresses.addresses,
@@ -328,7 +313,7 @@ class ServerNameResolver:
             *(self._host_addresses(h, until) for h in target_hosts)
         )
         by_host = dict(zip(target_hosts, resolved, strict=True))
-        draft.hosts.extend(resolved)
+        draft.set(hosts=(*draft.value.hosts, *resolved))
         for record in decision.records:
             found = by_host.get(record.target)
             if found is not None:
@@ -413,12 +398,13 @@ def _add_targets(
             hostname=hostname,
             source=source,
         )
-        if any(t.address == target.address for t in draft.targets):
+        targets = draft.value.targets
+        if any(t.address == target.address for t in targets):
             continue
-        if len(draft.targets) >= MAX_TARGETS:
-            draft.targets_truncated = True
+        if len(targets) >= MAX_TARGETS:
+            draft.set(targets_truncated=True)
             return
-        draft.targets.append(target)
+        draft.set(targets=(*targets, target))
 
 
 def _no_well_known_address(url: str, name: str, addresses: HostAddresses) -> HttpResult:

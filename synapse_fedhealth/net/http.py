@@ -351,80 +351,20 @@ class ProbeHttpClient:
             parsed = urllib.parse.urlsplit(url)
             if parsed.scheme != "https":
                 raise _Refused(ERR_REDIRECT_SCHEME, f"refusing a non-https URL: {url}")
-            port = parsed.port or 443
             if connect_to is not None:
                 addresses = [connect_to]
             else:
                 addresses = await self._addresses_for(
-                    parsed.hostname or "", port, deadline
+                    parsed.hostname or "", parsed.port or 443, deadline
                 )
             connect_to = None  # only the first hop is pinned
-
-            recorder = PeerChainRecorder()
-            state.recorder = recorder
-            creator = RecordingConnectionCreator(
-                sni, recorder, verify_with=self._trust if verify_tls else None
-            )
-
-            def _connected(address: str) -> None:
-                state.connected_to = address
-
-            endpoint = _FirstReachableEndpoint(
-                self._reactor, addresses, creator, _connected
-            )
-            agent: Any = self._make_agent(endpoint)
-            headers = Headers(
-                {b"User-Agent": [self._user_agent.encode("latin-1", "replace")]}
-            )
-            if host_header:
-                headers.setRawHeaders(b"Host", [host_header.encode("ascii", "replace")])
-            for name, value in spec.headers.items():
-                headers.setRawHeaders(
-                    name.encode("ascii"), [value.encode("latin-1", "replace")]
-                )
-            producer = (
-                FileBodyProducer(io.BytesIO(spec.body))
-                if spec.body is not None
-                else None
-            )
-            try:
-                request_uri = url.encode("ascii")
-            except UnicodeEncodeError:
-                raise _Refused(ERR_BAD_REDIRECT, f"not an ASCII URL: {url!r}") from None
-            response: Any = await agent.request(
-                spec.method.encode("ascii"), request_uri, headers, producer
+            response = await self._send(
+                url, addresses, host_header, sni, spec, state, verify_tls
             )
             status = int(response.code)
-            location = _last_header(response.headers, b"location")
             if follow_redirects and spec.method == "GET" and status in REDIRECT_CODES:
-                if location is None:
-                    raise _Refused(
-                        ERR_BAD_REDIRECT,
-                        f"HTTP {status} redirect without a Location header",
-                    )
-                next_url = urllib.parse.urljoin(url, location)
-                state.redirects.append(
-                    RedirectHop(url=url, status=status, location=next_url)
-                )
-                # Don't read the redirect body: drop the connection.
-                response.deliverBody(_Discard())
-                if urllib.parse.urlsplit(next_url).scheme != "https":
-                    raise _Refused(
-                        ERR_REDIRECT_SCHEME,
-                        f"redirect from https to another scheme: {next_url}",
-                    )
-                if next_url in visited:
-                    raise _Refused(
-                        ERR_REDIRECT_LOOP,
-                        f"redirect loop: {next_url} was already visited",
-                    )
-                if len(state.redirects) >= MAX_REDIRECTS:
-                    raise _Refused(
-                        ERR_TOO_MANY_REDIRECTS, f"more than {MAX_REDIRECTS} redirects"
-                    )
-                visited.add(next_url)
-                url = next_url
-                new = urllib.parse.urlsplit(next_url)
+                url = _redirect_target(url, status, response, state, visited)
+                new = urllib.parse.urlsplit(url)
                 host_header = new.netloc
                 sni = new.hostname or ""
                 continue
@@ -436,6 +376,51 @@ class ProbeHttpClient:
                 headers=_headers_dict(response.headers),
                 body=body,
             )
+
+    async def _send(
+        self,
+        url: str,
+        addresses: Sequence[tuple[str, int]],
+        host_header: str | None,
+        sni: str,
+        spec: _RequestSpec,
+        state: _FetchState,
+        verify_tls: bool,
+    ) -> Any:
+        """One request on a fresh connection to the first of `addresses` that
+        accepts; the handshake is recorded in `state`."""
+        recorder = PeerChainRecorder()
+        state.recorder = recorder
+        creator = RecordingConnectionCreator(
+            sni, recorder, verify_with=self._trust if verify_tls else None
+        )
+
+        def _connected(address: str) -> None:
+            state.connected_to = address
+
+        endpoint = _FirstReachableEndpoint(
+            self._reactor, addresses, creator, _connected
+        )
+        agent: Any = self._make_agent(endpoint)
+        headers = Headers(
+            {b"User-Agent": [self._user_agent.encode("latin-1", "replace")]}
+        )
+        if host_header:
+            headers.setRawHeaders(b"Host", [host_header.encode("ascii", "replace")])
+        for name, value in spec.headers.items():
+            headers.setRawHeaders(
+                name.encode("ascii"), [value.encode("latin-1", "replace")]
+            )
+        producer = (
+            FileBodyProducer(io.BytesIO(spec.body)) if spec.body is not None else None
+        )
+        try:
+            request_uri = url.encode("ascii")
+        except UnicodeEncodeError:
+            raise _Refused(ERR_BAD_REDIRECT, f"not an ASCII URL: {url!r}") from None
+        return await agent.request(
+            spec.method.encode("ascii"), request_uri, headers, producer
+        )
 
     def _make_agent(self, endpoint: Any) -> Any:
         if self._agent_factory is not None:
@@ -492,6 +477,34 @@ class _Discard(TwistedProtocol):
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
         pass
+
+
+def _redirect_target(
+    url: str, status: int, response: Any, state: _FetchState, visited: set[str]
+) -> str:
+    """Where a redirect leads, as Twisted's RedirectAgent follows it, with the
+    hop recorded; refused when it loops, leaves https or goes on too long."""
+    location = _last_header(response.headers, b"location")
+    if location is None:
+        raise _Refused(
+            ERR_BAD_REDIRECT, f"HTTP {status} redirect without a Location header"
+        )
+    next_url = urllib.parse.urljoin(url, location)
+    state.redirects.append(RedirectHop(url=url, status=status, location=next_url))
+    # Don't read the redirect body: drop the connection.
+    response.deliverBody(_Discard())
+    if urllib.parse.urlsplit(next_url).scheme != "https":
+        raise _Refused(
+            ERR_REDIRECT_SCHEME, f"redirect from https to another scheme: {next_url}"
+        )
+    if next_url in visited:
+        raise _Refused(
+            ERR_REDIRECT_LOOP, f"redirect loop: {next_url} was already visited"
+        )
+    if len(state.redirects) >= MAX_REDIRECTS:
+        raise _Refused(ERR_TOO_MANY_REDIRECTS, f"more than {MAX_REDIRECTS} redirects")
+    visited.add(next_url)
+    return next_url
 
 
 def _finish(base: HttpResult, state: _FetchState, **changes: Any) -> HttpResult:
