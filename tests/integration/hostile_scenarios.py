@@ -40,9 +40,10 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.threadpool import ThreadPool
 from twisted.trial import unittest
 
-from synapse_fedhealth.checks.federation import KEYS_PATH, VERSION_PATH, canonical_json
+from synapse_fedhealth.checks.federation import KEYS_PATH, VERSION_PATH
 from synapse_fedhealth.network import NetworkChecker, NetworkFindings, NetworkSettings
 from synapse_fedhealth.report import CheckResult, Report, Status
+from synapse_fedhealth.signing import canonical_json
 
 from .hostile_servers import (
     Handler,

@@ -31,9 +31,9 @@ from twisted.trial import unittest
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from synapse_fedhealth.checks.federation import canonical_json
 from synapse_fedhealth.network import NetworkChecker, NetworkFindings, NetworkSettings
 from synapse_fedhealth.report import Status
+from synapse_fedhealth.signing import canonical_json
 
 pytestmark = pytest.mark.integration
 

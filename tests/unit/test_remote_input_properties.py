@@ -44,11 +44,7 @@ from synapse_fedhealth.checks.discovery import (
     interpret_well_known,
     parse_and_validate_server_name,
 )
-from synapse_fedhealth.checks.federation import (
-    MAX_REPORTED_DEPTH,
-    canonical_json,
-    check_keys,
-)
+from synapse_fedhealth.checks.federation import check_keys
 from synapse_fedhealth.net.dns import (
     MAX_RECORDS_PER_ANSWER,
     DnsOutcome,
@@ -57,6 +53,7 @@ from synapse_fedhealth.net.dns import (
 )
 from synapse_fedhealth.net.http import HttpResult
 from synapse_fedhealth.report import CheckResult, Status
+from synapse_fedhealth.signing import MAX_REPORTED_DEPTH, canonical_json
 from tests.hypothesis_settings import REMOTE_INPUT_SETTINGS
 
 
