@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import math
-import time
-from collections.abc import Mapping
 from typing import Any
 
-import attr
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from synapse_fedhealth.checks.discovery import Target
+from synapse_fedhealth.checks.http_answer import parse_json_object
 from synapse_fedhealth.net.http import ERR_TIMEOUT, HttpResult
 from synapse_fedhealth.report import CheckResult, fail, ok, warn
+from synapse_fedhealth.signing import ServedKeys as ServedKeys
+from synapse_fedhealth.signing import parse_served_keys
 
 VERSION = "federation.version"
 KEYS = "federation.keys"
@@ -44,21 +37,6 @@ def _details(target: Target, http: HttpResult) -> dict[str, Any]:
     details = http.request_details()
     details["connected_to"] = target.address
     return details
-
-
-def parse_json_object(body: bytes) -> tuple[dict[str, Any] | None, str]:
-    """Hostile-input-safe JSON: (object, "") or (None, what is wrong)."""
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        return None, "the body is not valid UTF-8"
-    try:
-        value = json.loads(text)
-    except (ValueError, RecursionError):
-        return None, "the body is not valid JSON"
-    if not isinstance(value, dict):
-        return None, f"the body is JSON but not an object ({type(value).__name__})"
-    return value, ""
 
 
 def _http_failure(
@@ -146,153 +124,14 @@ def check_version(
 # Keys
 
 
-def canonical_json(value: Any) -> bytes:
-    """Matrix canonical JSON (sorted keys, no whitespace, UTF-8)."""
-    return json.dumps(
-        value,
-        ensure_ascii=False,
-        separators=(",", ":"),
-        sort_keys=True,
-        allow_nan=False,
-    ).encode("utf-8")
-
-
-def decode_base64(text: str) -> bytes:
-    """Unpadded (standard or URL-safe) base64, as Matrix uses."""
-    padded = text + "=" * (-len(text) % 4)
-    if "-" in text or "_" in text:
-        return base64.urlsafe_b64decode(padded)
-    return base64.b64decode(padded, validate=True)
-
-
-@attr.s(frozen=True, slots=True, auto_attribs=True, kw_only=True)
-class KeyCheck:
-    key_id: str
-    valid_key: bool
-    signature_ok: bool
-
-    def to_json(self) -> dict[str, bool]:
-        return {"ValidEd25519": self.valid_key, "MatchingSignature": self.signature_ok}
-
-
-@attr.s(frozen=True, slots=True, auto_attribs=True, kw_only=True)
-class ServedKeys:
-    """The parsed /_matrix/key/v2/server answer of one address."""
-
-    address: str
-    raw: Mapping[str, Any]
-    server_name: str | None
-    valid_until_ts: int | None
-    ed25519_keys: Mapping[str, str]  # key id -> unpadded base64 public key
-    key_checks: tuple[KeyCheck, ...]
-
-    @property
-    def matching_server_name_ok(self) -> bool:
-        return self.server_name is not None
-
-    def federation_tester_checks(
-        self, expected_server_name: str, now_ms: int
-    ) -> dict[str, Any]:
-        matching = self.server_name == expected_server_name
-        future = self.valid_until_ts is not None and self.valid_until_ts > now_ms
-        has_key = bool(self.key_checks)
-        all_keys = has_key and all(
-            k.valid_key and k.signature_ok for k in self.key_checks
-        )
-        return {
-            "AllChecksOK": matching and future and has_key and all_keys,
-            "MatchingServerName": matching,
-            "FutureValidUntilTS": future,
-            "HasEd25519Key": has_key,
-            "AllEd25519ChecksOK": all_keys,
-            "Ed25519Checks": {k.key_id: k.to_json() for k in self.key_checks},
-        }
-
-
-# Limits of what a remote JSON answer may put into the report.
-MAX_REPORTED_DEPTH = 16
-MAX_REPORTED_ITEMS = 100
-
-
-def json_safe(value: Any, depth: int = 0) -> Any:
-    """A copy of parsed remote JSON that any JSON encoder renders: nesting
-    beyond MAX_REPORTED_DEPTH and containers beyond MAX_REPORTED_ITEMS are cut,
-    and NaN/Infinity (which json.loads accepts) become strings."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
-    if isinstance(value, dict | list):
-        if depth >= MAX_REPORTED_DEPTH:
-            return "… (nested too deeply)"
-        if isinstance(value, dict):
-            items = list(value.items())[:MAX_REPORTED_ITEMS]
-            return {str(k): json_safe(v, depth + 1) for k, v in items}
-        return [json_safe(v, depth + 1) for v in value[:MAX_REPORTED_ITEMS]]
-    return value
-
-
-def parse_served_keys(address: str, body: Mapping[str, Any]) -> ServedKeys:
-    server_name = body.get("server_name")
-    valid_until = body.get("valid_until_ts")
-    verify_keys = body.get("verify_keys")
-    signatures = body.get("signatures")
-    ed_keys: dict[str, str] = {}
-    checks: list[KeyCheck] = []
-    signed_part = {k: v for k, v in body.items() if k not in ("signatures", "unsigned")}
-    try:
-        message: bytes | None = canonical_json(signed_part)
-    except (ValueError, TypeError, RecursionError):
-        message = None
-    server_sigs = (
-        signatures.get(server_name)
-        if isinstance(signatures, dict) and isinstance(server_name, str)
-        else None
-    )
-    if isinstance(verify_keys, dict):
-        for key_id, entry in list(verify_keys.items())[:16]:
-            if not isinstance(key_id, str) or not key_id.startswith("ed25519:"):
-                continue
-            key_b64 = entry.get("key") if isinstance(entry, dict) else None
-            public: Ed25519PublicKey | None = None
-            if isinstance(key_b64, str):
-                try:
-                    public = Ed25519PublicKey.from_public_bytes(decode_base64(key_b64))
-                    ed_keys[key_id] = key_b64
-                except (ValueError, binascii.Error):
-                    public = None
-            sig_b64 = server_sigs.get(key_id) if isinstance(server_sigs, dict) else None
-            sig_ok = False
-            if public is not None and isinstance(sig_b64, str) and message is not None:
-                try:
-                    public.verify(decode_base64(sig_b64), message)
-                    sig_ok = True
-                except (InvalidSignature, ValueError, binascii.Error):
-                    sig_ok = False
-            checks.append(
-                KeyCheck(
-                    key_id=key_id, valid_key=public is not None, signature_ok=sig_ok
-                )
-            )
-    return ServedKeys(
-        address=address,
-        raw=json_safe(body),
-        server_name=server_name if isinstance(server_name, str) else None,
-        valid_until_ts=valid_until
-        if isinstance(valid_until, int) and not isinstance(valid_until, bool)
-        else None,
-        ed25519_keys=ed_keys,
-        key_checks=tuple(checks),
-    )
-
-
 def check_keys(
-    target: Target, http: HttpResult, server_name: str, *, now_ms: int | None = None
+    target: Target, http: HttpResult, server_name: str, *, now_ms: int
 ) -> tuple[CheckResult, ServedKeys | None]:
+    """`federation.keys`; also returns the parsed answer when there is one."""
     if http.error is not None:
         return _http_failure(KEYS, target, http, "GET " + KEYS_PATH), None
     if http.status != 200:
         return _status_failure(KEYS, target, http), None
-    if now_ms is None:
-        now_ms = int(time.time() * 1000)
     details = _details(target, http)
     details["content_type"] = http.content_type
     body, problem = parse_json_object(http.body)

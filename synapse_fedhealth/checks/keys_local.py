@@ -8,15 +8,13 @@ they fetch there, and reject them.
 
 from __future__ import annotations
 
-import binascii
 from collections.abc import Mapping, Sequence
 from typing import Any
-
-from unpaddedbase64 import decode_base64
 
 from synapse_fedhealth.checks.http_answer import parse_json_object, request_details
 from synapse_fedhealth.homeserver import SigningKeyInfo
 from synapse_fedhealth.report import CheckResult, fail, ok, skip, warn
+from synapse_fedhealth.signing import decode_base64, served_key_map
 
 KEY_MATCHES_LOCAL = "federation.key_matches_local"
 
@@ -39,32 +37,6 @@ FIX_EXTRA_KEY = (
     "Give every process the same `signing_key_path`; retire old keys with "
     "`old_signing_keys`."
 )
-
-
-def decode_key_bytes(key_base64: object) -> bytes | None:
-    """Raw key bytes from (unpadded, or padded, or url-safe) base64; None if
-    it isn't base64 at all."""
-    if not isinstance(key_base64, str) or not key_base64.isascii():
-        return None
-    try:
-        value: bytes = decode_base64(key_base64.rstrip("="))
-        return value
-    except (binascii.Error, ValueError):
-        return None
-
-
-def served_key_map(section: object) -> dict[str, bytes | None]:
-    """`{key_id: raw bytes or None when undecodable}` from `verify_keys` /
-    `old_verify_keys`, ignoring entries of the wrong shape."""
-    out: dict[str, bytes | None] = {}
-    if not isinstance(section, Mapping):
-        return out
-    for key_id, entry in section.items():
-        if not isinstance(key_id, str):
-            continue
-        value = entry.get("key") if isinstance(entry, Mapping) else None
-        out[key_id] = decode_key_bytes(value)
-    return out
 
 
 def judge_key_matches_local(
@@ -138,7 +110,7 @@ def judge_key_matches_local(
 
     problems: list[str] = []
     for key in signing_keys:
-        ours = decode_key_bytes(key.verify_key_base64)
+        ours = decode_base64(key.verify_key_base64)
         if key.key_id in current:
             if current[key.key_id] != ours:
                 problems.append(

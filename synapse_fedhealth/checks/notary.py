@@ -28,8 +28,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attr
-from signedjson.key import decode_verify_key_bytes
-from signedjson.sign import verify_signed_json
 
 from synapse_fedhealth.checks.http_answer import (
     Headers,
@@ -38,13 +36,18 @@ from synapse_fedhealth.checks.http_answer import (
     parse_json_object,
     request_details,
 )
-from synapse_fedhealth.checks.keys_local import decode_key_bytes, served_key_map
 from synapse_fedhealth.homeserver import (
     HomeserverSnapshot,
     SigningKeyInfo,
     TrustedKeyServerInfo,
 )
 from synapse_fedhealth.report import CheckResult, fail, ok, skip, warn
+from synapse_fedhealth.signing import (
+    decode_base64,
+    served_key_map,
+    signature_key_ids,
+    signature_verifies_with_bytes,
+)
 
 NOTARY = "federation.notary"
 NOTARY_QUERY_PATH = "/_matrix/key/v2/query"
@@ -159,29 +162,6 @@ def build_notary_query(
     }
 
 
-def _verifies(
-    obj: Mapping[str, Any], signer: str, key_id: str, key_bytes: bytes
-) -> bool:
-    """Does `obj` carry a valid signature by `signer` with this key? Never raises:
-    hostile shapes (non-dict signatures, floats, ...) are just "no"."""
-    try:
-        verify_key = decode_verify_key_bytes(key_id, key_bytes)
-        verify_signed_json(dict(obj), signer, verify_key)
-    except Exception:
-        return False
-    return True
-
-
-def _signature_key_ids(obj: Mapping[str, Any], signer: str) -> list[str]:
-    signatures = obj.get("signatures")
-    if not isinstance(signatures, Mapping):
-        return []
-    by_signer = signatures.get(signer)
-    if not isinstance(by_signer, Mapping):
-        return []
-    return [k for k in by_signer if isinstance(k, str)]
-
-
 def notary_signature_problem(
     entry: Mapping[str, Any], notary: TrustedKeyServerInfo
 ) -> str | None:
@@ -189,7 +169,7 @@ def notary_signature_problem(
     (as `_validate_perspectives_response` decides)."""
     if notary.verify_keys is None:
         return None
-    signed_with = _signature_key_ids(entry, notary.server_name)
+    signed_with = signature_key_ids(entry, notary.server_name)
     if not signed_with:
         return "not signed by the notary"
     known = [k for k in signed_with if k in notary.verify_keys]
@@ -199,8 +179,8 @@ def notary_signature_problem(
             f"keys are {', '.join(sorted(notary.verify_keys)) or '(none)'}"
         )
     for key_id in known:
-        key_bytes = decode_key_bytes(notary.verify_keys[key_id])
-        if key_bytes is None or not _verifies(
+        key_bytes = decode_base64(notary.verify_keys[key_id])
+        if key_bytes is None or not signature_verifies_with_bytes(
             entry, notary.server_name, key_id, key_bytes
         ):
             return f"the signature with {key_id} does not verify"
@@ -320,7 +300,7 @@ def judge_notary_answer(
             target=name,
         )
 
-    ours = decode_key_bytes(signing_key.verify_key_base64)
+    ours = decode_base64(signing_key.verify_key_base64)
     theirs = served_key_map(entry.get("verify_keys")).get(key_id)
     if ours is None or theirs != ours:
         details["reason"] = "key_mismatch"
@@ -332,7 +312,7 @@ def judge_notary_answer(
             details=details,
             target=name,
         )
-    if not _verifies(entry, server_name, key_id, ours):
+    if not signature_verifies_with_bytes(entry, server_name, key_id, ours):
         details["reason"] = "self_signature"
         return fail(
             NOTARY,

@@ -13,7 +13,8 @@ import re
 from typing import Any
 
 import attr
-from signedjson.sign import sign_json
+
+from synapse_fedhealth.signing import sign
 
 XMATRIX_SCHEME = "X-Matrix"
 
@@ -61,20 +62,12 @@ def sign_request(
 
     `signing_key` is a signedjson/nacl signing key (with `alg` and `version`).
     """
-    signed = sign_json(
-        signed_request_json(
-            method=method,
-            uri=uri,
-            origin=origin,
-            destination=destination,
-            content=content,
-        ),
-        origin,
-        signing_key,
+    request = signed_request_json(
+        method=method, uri=uri, origin=origin, destination=destination, content=content
     )
     return [
         XMatrixAuth(origin=origin, key=key_id, sig=sig, destination=destination)
-        for key_id, sig in signed["signatures"][origin].items()
+        for key_id, sig in sign(request, origin, signing_key).items()
     ]
 
 

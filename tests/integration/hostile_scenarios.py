@@ -40,11 +40,12 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.threadpool import ThreadPool
 from twisted.trial import unittest
 
-from synapse_fedhealth.checks.federation import KEYS_PATH, VERSION_PATH, canonical_json
+from synapse_fedhealth.checks.federation import KEYS_PATH, VERSION_PATH
 from synapse_fedhealth.engine.deadline import Deadline
 from synapse_fedhealth.engine.network_checker import NetworkChecker, NetworkFindings
 from synapse_fedhealth.report import CheckResult, Report, Status
 from synapse_fedhealth.settings import RunSettings
+from synapse_fedhealth.signing import canonical_json
 from synapse_fedhealth.wiring import ProcessIO
 
 from .hostile_servers import (

@@ -31,11 +31,11 @@ from twisted.trial import unittest
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from synapse_fedhealth.checks.federation import canonical_json
 from synapse_fedhealth.engine.deadline import Deadline
 from synapse_fedhealth.engine.network_checker import NetworkChecker, NetworkFindings
 from synapse_fedhealth.report import Status
 from synapse_fedhealth.settings import RunSettings
+from synapse_fedhealth.signing import canonical_json
 from synapse_fedhealth.wiring import ProcessIO
 
 pytestmark = pytest.mark.integration

@@ -5,22 +5,27 @@ from __future__ import annotations
 import base64
 import json
 import time
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
+from canonicaljson import encode_canonical_json
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given
 from hypothesis import strategies as st
+from signedjson.key import (
+    encode_verify_key_base64,
+    generate_signing_key,
+    get_verify_key,
+)
+from synapse.rest.key.v2.local_key_resource import LocalKey
 
 from synapse_fedhealth.checks.discovery import Target
-from synapse_fedhealth.checks.federation import (
-    canonical_json,
-    check_keys,
-    check_version,
-)
+from synapse_fedhealth.checks.federation import check_keys, check_version
 from synapse_fedhealth.net.http import HttpResult
 from synapse_fedhealth.report import Status
+from synapse_fedhealth.signing import canonical_json
 
 SERVER = "example.com"
 TARGET = Target(
@@ -205,3 +210,61 @@ def test_keys_any_json_shape(value: Any) -> None:
 )
 def test_keys_any_field_types(fields: dict[str, Any]) -> None:
     check_keys(TARGET, answer(json.dumps(fields).encode()), SERVER, now_ms=NOW_MS)
+
+
+def synapse_key_answer(signing_keys: list[Any], old_key: Any) -> bytes:
+    """The bytes Synapse itself serves at /_matrix/key/v2/server: its own
+    `LocalKey` servlet (rest/key/v2/local_key_resource.py) builds and signs
+    the object, and `KeyResource` encodes it as canonical JSON."""
+    key_config = SimpleNamespace(
+        signing_key=signing_keys,
+        old_signing_keys={f"ed25519:{old_key.version}": old_key},
+        key_refresh_interval=24 * HOUR_MS,
+    )
+    hs = SimpleNamespace(
+        config=SimpleNamespace(
+            key=key_config, server=SimpleNamespace(server_name=SERVER)
+        ),
+        get_clock=lambda: SimpleNamespace(time_msec=lambda: NOW_MS),
+    )
+    resource = LocalKey(cast(Any, hs))
+    encoded: bytes = encode_canonical_json(resource.response_body)
+    return encoded
+
+
+def _old_verify_key() -> Any:
+    old: Any = get_verify_key(generate_signing_key("a_old"))
+    old.expired = NOW_MS - HOUR_MS
+    return old
+
+
+def test_keys_signed_by_synapse_verify() -> None:
+    keys = [generate_signing_key("a_one"), generate_signing_key("a_two")]
+    result, served = check_keys(
+        TARGET,
+        answer(synapse_key_answer(keys, _old_verify_key())),
+        SERVER,
+        now_ms=NOW_MS,
+    )
+    assert result.status is Status.OK, result.summary
+    assert served is not None
+    assert [(k.key_id, k.valid_key, k.signature_ok) for k in served.key_checks] == [
+        ("ed25519:a_one", True, True),
+        ("ed25519:a_two", True, True),
+    ]
+
+
+def test_keys_signed_by_synapse_with_one_byte_changed_fail() -> None:
+    old = _old_verify_key()
+    body = synapse_key_answer([generate_signing_key("a_one")], old)
+    old_b64 = encode_verify_key_base64(old).encode()
+    assert body.count(old_b64) == 1
+    # Still a valid key of the right length, only the signed content differs.
+    changed = old_b64[:-2] + (b"B" if old_b64[-2:-1] != b"B" else b"C") + old_b64[-1:]
+    result, served = check_keys(
+        TARGET, answer(body.replace(old_b64, changed)), SERVER, now_ms=NOW_MS
+    )
+    assert result.status is Status.FAIL
+    assert result.details["reason"] == "bad_signature"
+    assert served is not None
+    assert [(k.valid_key, k.signature_ok) for k in served.key_checks] == [(True, False)]

@@ -39,11 +39,7 @@ from synapse_fedhealth.checks.discovery import (
     check_srv,
     check_well_known,
 )
-from synapse_fedhealth.checks.federation import (
-    MAX_REPORTED_DEPTH,
-    canonical_json,
-    check_keys,
-)
+from synapse_fedhealth.checks.federation import check_keys
 from synapse_fedhealth.matrix_names import (
     VALID_HOST_REGEX,
     parse_and_validate_server_name,
@@ -61,6 +57,7 @@ from synapse_fedhealth.server_discovery import (
     decide_srv,
     interpret_well_known,
 )
+from synapse_fedhealth.signing import MAX_REPORTED_DEPTH, canonical_json
 from tests.hypothesis_settings import REMOTE_INPUT_SETTINGS
 
 
