@@ -18,7 +18,7 @@ from synapse_fedhealth.net.tls import (
 )
 from synapse_fedhealth.network import NetworkChecker, NetworkFindings, NetworkSettings
 from synapse_fedhealth.report import Status
-from tests.unit.test_network import VERSION, FakeHttp, FakeResolver, FakeTls
+from tests.unit.fakes import VERSION, FakeHttp, FakeResolver, FakeTls
 
 KEYS_PATH = "/_matrix/key/v2/server"
 VERSION_PATH = "/_matrix/federation/v1/version"

@@ -18,7 +18,7 @@ from synapse_fedhealth.check_command import (
 from synapse_fedhealth.net.tls import TrustStore
 from synapse_fedhealth.network import NetworkSettings
 from synapse_fedhealth.report import Status
-from tests.unit.test_network import FakeHttp, FakeResolver, FakeTls
+from tests.unit.fakes import FakeHttp, FakeResolver, FakeTls
 
 
 def parse(*argv: str) -> argparse.Namespace:
