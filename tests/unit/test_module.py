@@ -9,6 +9,7 @@ from unittest import mock
 import pytest
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python.threadpool import ThreadPool
 
 from synapse_fedhealth import homeserver
 from synapse_fedhealth.checks.forwarded import ECHO_PATH
@@ -74,13 +75,20 @@ def _module(
 
 
 def test_registers_endpoint_and_schedules_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    module, api, _ = _module(monkeypatch)
+    _, api, reactor = _module(monkeypatch)
     mounted = dict(call.args for call in api.register_web_resource.call_args_list)
     assert isinstance(mounted[ENDPOINT_PATH], FedHealthResource)
     assert isinstance(mounted[ECHO_PATH], EchoResource)
     assert api.delayed_background_call.call_args.args[0] == 2000
     assert api.looping_background_call.call_args.args[1] == 3_600_000
-    assert module is not None
+    # Construction runs inside Synapse's start-up: no connection and no
+    # thread yet. The DNS thread pool starts when the reactor runs and stops
+    # at shutdown.
+    assert (reactor.tcpClients, reactor.sslClients, reactor.unixClients) == ([], [], [])
+    [(start_pool, _, _)] = reactor.whenRunningHooks
+    pool = start_pool.__self__
+    assert isinstance(pool, ThreadPool) and not pool.started and not pool.threads
+    assert reactor.triggers["during"]["shutdown"] == [(pool.stop, (), {})]
 
 
 def test_workers_without_background_tasks_do_not_probe(
