@@ -12,13 +12,17 @@ leaves the machine.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from synapse_fedhealth.demo import NxDomainDnsServer, SynapseProcess, free_port
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from tests.support.dns_server import NxDomainDnsServer
+from tests.support.synapse_process import SynapseProcess, free_port
 
 SHARED_SECRET = "benchmark-shared-secret"
 

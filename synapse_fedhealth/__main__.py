@@ -1,4 +1,4 @@
-"""Command line: `python -m synapse_fedhealth {check,lint,demo} ...`.
+"""Command line: `python -m synapse_fedhealth {check,lint} ...`.
 
 Each subcommand's module is imported only when it exists and is asked for, so
 `check` never pays for importing Synapse.
@@ -18,7 +18,6 @@ EXIT_USAGE = 2
 _SUBCOMMANDS = (
     ("synapse_fedhealth.check_command", "add_check_parser"),
     ("synapse_fedhealth.lint_command", "add_lint_parser"),
-    ("synapse_fedhealth.demo", "add_demo_parser"),
 )
 
 

@@ -127,6 +127,10 @@ class DnsLookupPool:
         self._idle_workers = 0
         self._stopped = False
 
+    @property
+    def threads_started(self) -> int:
+        return len(self._workers)
+
     def lookup(
         self, qname: str, rdtype: str, deadline: float, blocking: BlockingLookup
     ) -> defer.Deferred[DnsResult]:

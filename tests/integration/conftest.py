@@ -16,9 +16,9 @@ import attr
 import pytest
 import trustme
 
-from synapse_fedhealth.demo import (
+from tests.support.dns_server import NxDomainDnsServer
+from tests.support.synapse_process import (
     SUMMARY_RE,
-    NxDomainDnsServer,
     SynapseProcess,
     free_port,
     register_user,

@@ -21,14 +21,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from synapse_fedhealth.demo import (
+from tests.integration.netlab.lab import Lab
+from tests.integration.netlab.peer import SHARED_SECRET, base_config, clean_env
+from tests.support.synapse_process import (
     SynapseProcess,
     free_port,
     http_request,
     register_user,
 )
-from tests.integration.netlab.lab import Lab
-from tests.integration.netlab.peer import SHARED_SECRET, base_config, clean_env
 
 MODULE = "synapse_fedhealth.FedHealthModule"
 ENDPOINT = "/_synapse/fedhealth"

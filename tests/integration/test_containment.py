@@ -16,15 +16,6 @@ from typing import Any
 
 import pytest
 
-from synapse_fedhealth.demo import (
-    SUMMARY_RE,
-    HttpResponse,
-    NxDomainDnsServer,
-    SynapseProcess,
-    free_port,
-    http_request,
-    register_user,
-)
 from tests.integration.conftest import (
     SHARED_SECRET,
     SUMMARY_WAIT_S,
@@ -39,6 +30,15 @@ from tests.integration.faulty_module import (
     FAMILY_MESSAGE,
     LINT_CHECK_ID,
     LINT_MESSAGE,
+)
+from tests.support.dns_server import NxDomainDnsServer
+from tests.support.synapse_process import (
+    SUMMARY_RE,
+    HttpResponse,
+    SynapseProcess,
+    free_port,
+    http_request,
+    register_user,
 )
 
 pytestmark = pytest.mark.integration

@@ -534,7 +534,7 @@ class NotaryWorld:
 
 
 def _peer_keys(peer: PeerSynapse) -> dict[str, Any]:
-    from synapse_fedhealth.demo import http_request
+    from tests.support.synapse_process import http_request
 
     keys: dict[str, Any] = http_request(
         f"{peer.base_url}/_matrix/key/v2/server", timeout=10

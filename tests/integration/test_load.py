@@ -26,13 +26,6 @@ from typing import Any
 import attr
 import pytest
 
-from synapse_fedhealth.demo import (
-    SUMMARY_RE,
-    SynapseProcess,
-    free_port,
-    http_request,
-    register_user,
-)
 from tests.integration.conftest import (
     SERVER_NAME,
     SHARED_SECRET,
@@ -41,6 +34,13 @@ from tests.integration.conftest import (
     module_config,
 )
 from tests.integration.netlab.dns_server import DnsServer
+from tests.support.synapse_process import (
+    SUMMARY_RE,
+    SynapseProcess,
+    free_port,
+    http_request,
+    register_user,
+)
 
 pytestmark = pytest.mark.integration
 

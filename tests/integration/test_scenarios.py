@@ -42,12 +42,6 @@ from typing import Any
 import attr
 import pytest
 
-from synapse_fedhealth.demo import (
-    SynapseProcess,
-    free_port,
-    http_request,
-    register_user,
-)
 from tests.integration.conftest import logcontext_errors, tracebacks_from_us
 from tests.integration.netlab.certs import CertFiles, CertVariant, Pki
 from tests.integration.netlab.dns_server import DnsServer, ZoneSpec, srv
@@ -66,6 +60,12 @@ from tests.integration.netlab.peer import (
     PeerSynapse,
     base_config,
     clean_env,
+)
+from tests.support.synapse_process import (
+    SynapseProcess,
+    free_port,
+    http_request,
+    register_user,
 )
 
 pytestmark = pytest.mark.integration

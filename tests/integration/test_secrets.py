@@ -21,14 +21,6 @@ import attr
 import pytest
 import trustme
 
-from synapse_fedhealth.demo import (
-    SUMMARY_RE,
-    HttpResponse,
-    SynapseProcess,
-    free_port,
-    http_request,
-    register_user,
-)
 from synapse_fedhealth.echo import secret_from_signing_key
 from tests.integration.conftest import (
     SERVER_NAME,
@@ -39,6 +31,14 @@ from tests.integration.conftest import (
     module_config,
 )
 from tests.integration.netlab.dns_server import DnsServer
+from tests.support.synapse_process import (
+    SUMMARY_RE,
+    HttpResponse,
+    SynapseProcess,
+    free_port,
+    http_request,
+    register_user,
+)
 
 pytestmark = pytest.mark.integration
 

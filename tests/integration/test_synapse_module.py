@@ -12,14 +12,6 @@ import pytest
 import signedjson.key
 import yaml
 
-from synapse_fedhealth.demo import (
-    SUMMARY_RE,
-    HttpResponse,
-    NxDomainDnsServer,
-    SynapseProcess,
-    free_port,
-    http_request,
-)
 from tests.integration.conftest import (
     SERVER_NAME,
     SUMMARY_WAIT_S,
@@ -29,6 +21,14 @@ from tests.integration.conftest import (
     logcontext_errors,
     module_config,
     tracebacks_from_us,
+)
+from tests.support.dns_server import NxDomainDnsServer
+from tests.support.synapse_process import (
+    SUMMARY_RE,
+    HttpResponse,
+    SynapseProcess,
+    free_port,
+    http_request,
 )
 
 pytestmark = pytest.mark.integration
@@ -325,8 +325,7 @@ def test_demo_command(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "synapse_fedhealth",
-            "demo",
+            "tests.support.demo",
             "--config",
             str(REPO / "sample_homeserver.yaml"),
             "--workdir",
@@ -337,6 +336,7 @@ def test_demo_command(tmp_path: Path) -> None:
         timeout=DEMO_TIMEOUT_S,
         check=False,
         stdin=subprocess.DEVNULL,
+        cwd=REPO,  # `tests.support` is imported from the repository root
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output

@@ -30,16 +30,6 @@ import attr
 import pytest
 import yaml
 
-from synapse_fedhealth.demo import (
-    SUMMARY_RE,
-    HttpResponse,
-    NxDomainDnsServer,
-    SynapseProcess,
-    _die_with_parent,
-    free_port,
-    http_request,
-    register_user,
-)
 from tests.integration.conftest import (
     SERVER_NAME,
     SHARED_SECRET,
@@ -50,6 +40,16 @@ from tests.integration.conftest import (
     module_config,
     tracebacks_from_us,
 )
+from tests.support.dns_server import NxDomainDnsServer
+from tests.support.synapse_process import (
+    SUMMARY_RE,
+    HttpResponse,
+    SynapseProcess,
+    free_port,
+    http_request,
+    register_user,
+)
+from tests.support.synapse_process import die_with_parent as _die_with_parent
 
 pytestmark = pytest.mark.integration
 

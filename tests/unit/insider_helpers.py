@@ -1,12 +1,11 @@
 """Shared by the insider-check tests: real signedjson keys, signed key
-responses built the way Synapse builds them, and hypothesis settings."""
+responses built the way Synapse builds them, and the property settings
+(from tests/hypothesis_settings.py)."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from signedjson.key import (
     encode_verify_key_base64,
@@ -16,22 +15,7 @@ from signedjson.key import (
 from signedjson.sign import sign_json
 
 from synapse_fedhealth.homeserver import SigningKeyInfo, TrustedKeyServerInfo
-
-# `HYPOTHESIS_PROFILE=ci` raises the example count (e.g. in .ci/test).
-settings.register_profile(
-    "dev", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
-settings.register_profile(
-    "ci",
-    max_examples=500,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-PROPERTY_SETTINGS = settings.get_profile(
-    os.environ.get("HYPOTHESIS_PROFILE", "dev")
-    if os.environ.get("HYPOTHESIS_PROFILE") in ("dev", "ci")
-    else "dev"
-)
+from tests.hypothesis_settings import PROPERTY_SETTINGS as PROPERTY_SETTINGS
 
 SERVER_NAME = "example.com"
 NOTARY_NAME = "notary.example.org"

@@ -16,7 +16,7 @@ from synapse_fedhealth.net.tls import TwistedTlsProber, classify_connect_error
 from synapse_fedhealth.report import Status
 from synapse_fedhealth.settings import RunSettings
 from tests.unit.engine_helpers import check_network, fake_io
-from tests.unit.test_network import VERSION, FakeHttp, FakeResolver, FakeTls
+from tests.unit.fakes import VERSION, FakeHttp, FakeResolver, FakeTls
 
 KEYS_PATH = "/_matrix/key/v2/server"
 VERSION_PATH = "/_matrix/federation/v1/version"

@@ -18,6 +18,7 @@ from synapse_fedhealth.echo import EchoResource
 from synapse_fedhealth.engine.deadline import Deadline
 from synapse_fedhealth.homeserver import HomeserverSnapshot, ListenerInfo
 from synapse_fedhealth.module import ENDPOINT_PATH, FedHealthModule
+from synapse_fedhealth.net.dns import DnsLookupPool
 from synapse_fedhealth.report import Report, Status
 from synapse_fedhealth.resource import FedHealthResource
 from synapse_fedhealth.runner import CheckFamily, FamilyOutcome
@@ -108,13 +109,20 @@ def _module(
 
 
 def test_registers_endpoint_and_schedules_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    module, api, _ = _module(monkeypatch)
+    _, api, reactor = _module(monkeypatch)
     mounted = dict(call.args for call in api.register_web_resource.call_args_list)
     assert isinstance(mounted[ENDPOINT_PATH], FedHealthResource)
     assert isinstance(mounted[ECHO_PATH], EchoResource)
     assert api.delayed_background_call.call_args.args[0] == 2000
     assert api.looping_background_call.call_args.args[1] == 3_600_000
-    assert module is not None
+    # Construction runs inside Synapse's start-up: no connection and no
+    # thread yet (the DNS pool starts its threads on the first lookup), and
+    # the pool is stopped at shutdown without waiting for any lookup.
+    assert (reactor.tcpClients, reactor.sslClients, reactor.unixClients) == ([], [], [])
+    [(stop, _, _)] = reactor.triggers["during"]["shutdown"]
+    pool = stop.__self__.threadpool
+    assert isinstance(pool, DnsLookupPool)
+    assert pool.threads_started == 0
 
 
 def test_workers_without_background_tasks_do_not_probe(

@@ -5,18 +5,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from synapse_fedhealth.net.dns import DnsOutcome, DnsResult
 from synapse_fedhealth.net.dns_cache import RunScopedDnsCache
-
-
-class FakeResolver:
-    def __init__(self) -> None:
-        self.pending: list[tuple[str, str, defer.Deferred[DnsResult]]] = []
-
-    def lookup(
-        self, qname: str, rdtype: str, timeout: float
-    ) -> defer.Deferred[DnsResult]:
-        d: defer.Deferred[DnsResult] = defer.Deferred()
-        self.pending.append((qname, rdtype, d))
-        return d
+from tests.unit.fakes import HANG, FakeResolver
 
 
 def _result(qname: str, outcome: DnsOutcome) -> DnsResult:
@@ -25,7 +14,7 @@ def _result(qname: str, outcome: DnsOutcome) -> DnsResult:
 
 class RunScopedDnsCacheTests(SynchronousTestCase):
     def test_same_question_is_asked_once(self) -> None:
-        inner = FakeResolver()
+        inner = FakeResolver(default=HANG)
         cache = RunScopedDnsCache(inner)
         first = cache.lookup("Example.COM.", "A", 5)
         second = cache.lookup("example.com", "A", 5)
@@ -40,7 +29,7 @@ class RunScopedDnsCacheTests(SynchronousTestCase):
         self.assertEqual(cache.queries_sent, 2)
 
     def test_a_cancelled_waiter_does_not_cancel_the_others(self) -> None:
-        inner = FakeResolver()
+        inner = FakeResolver(default=HANG)
         cache = RunScopedDnsCache(inner)
         impatient = cache.lookup("example.com", "A", 1)
         patient = cache.lookup("example.com", "A", 5)
@@ -51,7 +40,7 @@ class RunScopedDnsCacheTests(SynchronousTestCase):
         self.assertIs(self.successResultOf(patient), answer)
 
     def test_timeouts_are_not_remembered(self) -> None:
-        inner = FakeResolver()
+        inner = FakeResolver(default=HANG)
         cache = RunScopedDnsCache(inner)
         first = cache.lookup("example.com", "A", 1)
         inner.pending[0][2].callback(_result("example.com", DnsOutcome.TIMEOUT))

@@ -12,7 +12,6 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from synapse_fedhealth.net.dns import DnsOutcome, DnsResult
 from synapse_fedhealth.net.http import (
     ERR_NO_ADDRESS,
     ERR_REDIRECT_LOOP,
@@ -24,6 +23,7 @@ from synapse_fedhealth.net.http import (
     classify_failure,
 )
 from synapse_fedhealth.net.tls import TrustStore
+from tests.unit.fakes import FakeResolver
 
 
 class Site(Resource):
@@ -59,22 +59,8 @@ class Site(Resource):
         return b'{"m.server": "matrix.example.com:443"}'
 
 
-class FakeResolver:
-    def lookup(
-        self, qname: str, rdtype: str, timeout: float
-    ) -> defer.Deferred[DnsResult]:
-        if qname == "other.example.com" and rdtype == "A":
-            return defer.succeed(
-                DnsResult(
-                    qname=qname,
-                    rdtype=rdtype,
-                    outcome=DnsOutcome.ANSWER,
-                    addresses=("203.0.113.9",),
-                )
-            )
-        return defer.succeed(
-            DnsResult(qname=qname, rdtype=rdtype, outcome=DnsOutcome.NXDOMAIN)
-        )
+# The one name with an address; every other question is NXDOMAIN.
+DNS_RECORDS = {("other.example.com", "A"): ["203.0.113.9"]}
 
 
 class ProbeHttpClientTest(SynchronousTestCase):
@@ -84,7 +70,7 @@ class ProbeHttpClientTest(SynchronousTestCase):
         self.reactor = MemoryReactorClock()
         self.client = ProbeHttpClient(
             self.reactor,
-            FakeResolver(),
+            FakeResolver(DNS_RECORDS),
             TrustStore(),
             user_agent="Synapse/1.163.2",
             agent_factory=lambda endpoint: self.agent,

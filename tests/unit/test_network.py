@@ -5,149 +5,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from synapse_fedhealth.engine.network_checker import NetworkFindings
-from synapse_fedhealth.net.results import (
-    ConnectOutcome,
-    DnsOutcome,
-    DnsResult,
-    HandshakeOutcome,
-    HttpResult,
-    ProbeError,
-    SrvRecord,
-    TlsProbeResult,
-)
+from synapse_fedhealth.net.results import ConnectOutcome, DnsOutcome, SrvRecord
 from synapse_fedhealth.report import Status
 from synapse_fedhealth.settings import RunSettings
 from tests.unit.engine_helpers import check_network, fake_io
-
-HANG = "hang"
-BOOM = "boom"
-
-
-class FakeResolver:
-    def __init__(self, records: dict[tuple[str, str], Any]) -> None:
-        self.records = records
-        self.queries: list[tuple[str, str]] = []
-
-    def lookup(
-        self, qname: str, rdtype: str, timeout: float
-    ) -> defer.Deferred[DnsResult]:
-        self.queries.append((qname, rdtype))
-        value = self.records.get((qname, rdtype))
-        if value == HANG:
-            return defer.Deferred()
-        if value == BOOM:
-            return defer.fail(RuntimeError("resolver bug"))
-        if isinstance(value, DnsOutcome):
-            return defer.succeed(DnsResult(qname=qname, rdtype=rdtype, outcome=value))
-        if value is None:
-            return defer.succeed(
-                DnsResult(qname=qname, rdtype=rdtype, outcome=DnsOutcome.NXDOMAIN)
-            )
-        if rdtype == "SRV":
-            return defer.succeed(
-                DnsResult(
-                    qname=qname,
-                    rdtype=rdtype,
-                    outcome=DnsOutcome.ANSWER,
-                    srv=tuple(value),
-                )
-            )
-        return defer.succeed(
-            DnsResult(
-                qname=qname,
-                rdtype=rdtype,
-                outcome=DnsOutcome.ANSWER,
-                addresses=tuple(value),
-            )
-        )
-
-
-class FakeHttp:
-    """Answers by (path, connect_to ip); HANG never answers."""
-
-    def __init__(self, answers: dict[tuple[str, str], Any]) -> None:
-        self.answers = answers
-        self.requests: list[tuple[str, Any, str | None]] = []
-
-    def get(
-        self,
-        url: str,
-        *,
-        connect_to: tuple[str, int] | None = None,
-        host_header: str | None = None,
-        sni: str | None = None,
-        timeout: float,
-        **kw: Any,
-    ) -> defer.Deferred[HttpResult]:
-        self.requests.append((url, connect_to, host_header))
-        path = "/" + url.split("/", 3)[3]
-        ip = connect_to[0] if connect_to else ""
-        value = self.answers.get((path, ip), self.answers.get((path, "*")))
-        if value == HANG:
-            return defer.Deferred()
-        if value == BOOM:
-            raise RuntimeError("http bug")
-        base = HttpResult(url=url, host_header=host_header or "", sni=sni or "")
-        if value is None:
-            return defer.succeed(
-                HttpResult(
-                    url=url,
-                    host_header=host_header or "",
-                    sni=sni or "",
-                    error=ProbeError.REFUSED,
-                    error_message="connection refused",
-                )
-            )
-        status, body = value
-        return defer.succeed(
-            HttpResult(
-                url=base.url,
-                host_header=base.host_header,
-                sni=base.sni,
-                status=status,
-                body=json.dumps(body).encode() if not isinstance(body, bytes) else body,
-                headers={"content-type": ("application/json",)},
-            )
-        )
-
-
-class FakeTls:
-    def __init__(self, outcomes: dict[str, Any]) -> None:
-        self.outcomes = outcomes
-        self.probed: list[str] = []
-
-    def probe(
-        self, ip: str, port: int, sni: str, timeout: float
-    ) -> defer.Deferred[TlsProbeResult]:
-        self.probed.append(ip)
-        value = self.outcomes.get(ip, ConnectOutcome.REFUSED)
-        if value == HANG:
-            return defer.Deferred()
-        if value == "ok":
-            return defer.succeed(
-                TlsProbeResult(
-                    ip=ip,
-                    port=port,
-                    sni=sni,
-                    connect=ConnectOutcome.OK,
-                    handshake=HandshakeOutcome.OK,
-                    protocol="TLSv1.3",
-                    cipher="X",
-                )
-            )
-        return defer.succeed(
-            TlsProbeResult(
-                ip=ip, port=port, sni=sni, connect=value, connect_error=str(value)
-            )
-        )
-
-
-VERSION = (200, {"server": {"name": "Synapse", "version": "1.163.2"}})
+from tests.unit.fakes import BOOM, HANG, VERSION, FakeHttp, FakeResolver, FakeTls
 
 
 class NetworkCheckerTest(SynchronousTestCase):

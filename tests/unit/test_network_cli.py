@@ -22,7 +22,7 @@ from synapse_fedhealth.check_command import (
 from synapse_fedhealth.report import Status
 from synapse_fedhealth.settings import RunSettings
 from tests.unit.engine_helpers import fake_io
-from tests.unit.test_network import FakeHttp, FakeResolver, FakeTls
+from tests.unit.fakes import FakeHttp, FakeResolver, FakeTls
 
 
 def parse(*argv: str) -> argparse.Namespace:

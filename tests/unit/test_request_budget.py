@@ -20,8 +20,8 @@ from synapse_fedhealth.report import Report
 from synapse_fedhealth.service import FedHealthService
 from synapse_fedhealth.settings import RunSettings
 from tests.unit.engine_helpers import WALL_CLOCK_START, fake_io
+from tests.unit.fakes import VERSION, FakeHttp, FakeResolver, FakeTls
 from tests.unit.insider_helpers import key_response, make_key, notary_info
-from tests.unit.test_network import VERSION, FakeHttp, FakeResolver, FakeTls
 
 KEY = make_key()
 NOTARY_KEY = make_key("n_1")

@@ -9,7 +9,7 @@ the lab's DNS server (which must listen on port 53 of some 127.x address):
 
     unshare --mount -- sh -c 'mount --bind RESOLV /etc/resolv.conf && exec python -m synapse.app.homeserver ...'
 
-That wrapper is passed to `synapse_fedhealth.demo.SynapseProcess` as its
+That wrapper is passed to `tests.support.synapse_process.SynapseProcess` as its
 `python`, so the process is still `SynapseProcess`'s own child with the same
 PID (unshare, sh and the wrapper exec). /etc/hosts stays the host's. Any name
 the lab's DNS server doesn't know is NXDOMAIN, so the peer never resolves or
@@ -39,7 +39,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from synapse_fedhealth.demo import HttpResponse, SynapseProcess, free_port, http_request
+from tests.support.synapse_process import (
+    HttpResponse,
+    SynapseProcess,
+    free_port,
+    http_request,
+)
 
 PEER_SERVER_NAME = "peer.netlab.test"
 SHARED_SECRET = "netlab-shared-secret"
