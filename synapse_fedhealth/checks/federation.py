@@ -124,6 +124,42 @@ def check_version(
 # Keys
 
 
+def _key_failure(
+    served: ServedKeys, server_name: str, target: Target, now_ms: int
+) -> tuple[str, str, str] | None:
+    """(summary, fix, reason) when peers can't use the served keys."""
+    if served.server_name != server_name:
+        return (
+            f"{target.address} serves the keys of {served.server_name!r}, not {server_name!r}: the public path reaches another server",
+            f"Point the DNS/well-known/proxy for {server_name} at the Synapse whose `server_name` is {server_name} "
+            "(check the proxy's upstream and the default vhost).",
+            "wrong_server_name",
+        )
+    if not served.key_checks:
+        return (
+            f"{target.address} serves no ed25519 verify key",
+            "Check Synapse's `signing_key_path`; Synapse always serves its ed25519 key unless something else answers this path.",
+            "no_key",
+        )
+    bad_keys = [
+        k.key_id for k in served.key_checks if not (k.valid_key and k.signature_ok)
+    ]
+    if bad_keys:
+        return (
+            f"the self-signature does not verify for {', '.join(bad_keys)}: peers reject these keys",
+            "Something between peers and Synapse alters the key answer (a proxy rewriting JSON or caching an old answer), "
+            "or the signing key file is corrupt.",
+            "bad_signature",
+        )
+    if served.valid_until_ts is None or served.valid_until_ts <= now_ms:
+        return (
+            "valid_until_ts is missing or in the past: peers treat the key as expired",
+            "Something serves a stale key answer (a caching proxy or CDN in front of /_matrix/key); don't cache it.",
+            "expired_keys",
+        )
+    return None
+
+
 def check_keys(
     target: Target, http: HttpResult, server_name: str, *, now_ms: int
 ) -> tuple[CheckResult, ServedKeys | None]:
@@ -152,41 +188,14 @@ def check_keys(
     details["valid_until_ts"] = served.valid_until_ts
     details["key_ids"] = [k.key_id for k in served.key_checks]
 
-    def _fail(summary: str, fix: str, reason: str) -> tuple[CheckResult, ServedKeys]:
+    failure = _key_failure(served, server_name, target, now_ms)
+    if failure is not None:
+        summary, fix, reason = failure
         details["reason"] = reason
         return fail(
             KEYS, summary, fix=fix, target=target.address, details=details
         ), served
-
-    if served.server_name != server_name:
-        return _fail(
-            f"{target.address} serves the keys of {served.server_name!r}, not {server_name!r}: the public path reaches another server",
-            f"Point the DNS/well-known/proxy for {server_name} at the Synapse whose `server_name` is {server_name} "
-            "(check the proxy's upstream and the default vhost).",
-            "wrong_server_name",
-        )
-    if not served.key_checks:
-        return _fail(
-            f"{target.address} serves no ed25519 verify key",
-            "Check Synapse's `signing_key_path`; Synapse always serves its ed25519 key unless something else answers this path.",
-            "no_key",
-        )
-    bad_keys = [
-        k.key_id for k in served.key_checks if not (k.valid_key and k.signature_ok)
-    ]
-    if bad_keys:
-        return _fail(
-            f"the self-signature does not verify for {', '.join(bad_keys)}: peers reject these keys",
-            "Something between peers and Synapse alters the key answer (a proxy rewriting JSON or caching an old answer), "
-            "or the signing key file is corrupt.",
-            "bad_signature",
-        )
-    if served.valid_until_ts is None or served.valid_until_ts <= now_ms:
-        return _fail(
-            "valid_until_ts is missing or in the past: peers treat the key as expired",
-            "Something serves a stale key answer (a caching proxy or CDN in front of /_matrix/key); don't cache it.",
-            "expired_keys",
-        )
+    assert served.valid_until_ts is not None
     ahead = served.valid_until_ts - now_ms
     # Clamped: a hostile 4,000-digit valid_until_ts would overflow a float.
     ahead_hours = min(ahead, 1000 * MAX_KEY_VALIDITY_MS) / MS_PER_HOUR

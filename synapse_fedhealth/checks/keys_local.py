@@ -59,32 +59,10 @@ def judge_key_matches_local(
             details=details,
             target=target,
         )
-    if served is None:
-        return skip(
-            KEY_MATCHES_LOCAL,
-            "skipped: no key response from this address (see federation.keys)",
-            details=details,
-            target=target,
-        )
-    if isinstance(served, bytes):
-        obj, problem = parse_json_object(served)
-        if obj is None:
-            return skip(
-                KEY_MATCHES_LOCAL,
-                f"skipped: the key response is unusable ({problem}; see "
-                "federation.keys)",
-                details=details,
-                target=target,
-            )
-        served = obj
-    if not isinstance(served, Mapping):
-        return skip(
-            KEY_MATCHES_LOCAL,
-            "skipped: the key response is not a JSON object (see federation.keys)",
-            details=details,
-            target=target,
-        )
-
+    usable = _usable_response(served)
+    if isinstance(usable, str):
+        return skip(KEY_MATCHES_LOCAL, usable, details=details, target=target)
+    served = usable
     served_name = served.get("server_name")
     current = served_key_map(served.get("verify_keys"))
     old = served_key_map(served.get("old_verify_keys"))
@@ -108,19 +86,7 @@ def judge_key_matches_local(
             target=target,
         )
 
-    problems: list[str] = []
-    for key in signing_keys:
-        ours = decode_base64(key.verify_key_base64)
-        if key.key_id in current:
-            if current[key.key_id] != ours:
-                problems.append(
-                    f"{key.key_id} is served with another public key than the "
-                    "one this Synapse holds"
-                )
-        elif key.key_id in old:
-            problems.append(f"{key.key_id} is served only as an old (expired) key")
-        else:
-            problems.append(f"{key.key_id} is not served")
+    problems = _key_problems(signing_keys, current, old)
     if problems:
         details["reason"] = "other_key"
         return fail(
@@ -152,3 +118,42 @@ def judge_key_matches_local(
         details=details,
         target=target,
     )
+
+
+def _usable_response(served: object) -> Mapping[str, Any] | str:
+    """The key response as a JSON object, or why it can't be compared."""
+    if served is None:
+        return "skipped: no key response from this address (see federation.keys)"
+    if isinstance(served, bytes):
+        obj, problem = parse_json_object(served)
+        if obj is None:
+            return (
+                f"skipped: the key response is unusable ({problem}; see "
+                "federation.keys)"
+            )
+        served = obj
+    if not isinstance(served, Mapping):
+        return "skipped: the key response is not a JSON object (see federation.keys)"
+    return served
+
+
+def _key_problems(
+    signing_keys: Sequence[SigningKeyInfo],
+    current: Mapping[str, bytes | None],
+    old: Mapping[str, bytes | None],
+) -> list[str]:
+    """What is wrong with each of our keys in the served response."""
+    problems: list[str] = []
+    for key in signing_keys:
+        ours = decode_base64(key.verify_key_base64)
+        if key.key_id in current:
+            if current[key.key_id] != ours:
+                problems.append(
+                    f"{key.key_id} is served with another public key than the "
+                    "one this Synapse holds"
+                )
+        elif key.key_id in old:
+            problems.append(f"{key.key_id} is served only as an old (expired) key")
+        else:
+            problems.append(f"{key.key_id} is not served")
+    return problems
