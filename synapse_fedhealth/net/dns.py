@@ -19,6 +19,7 @@ import dns.exception
 import dns.message
 import dns.name
 import dns.nameserver
+import dns.rdataclass
 import dns.rdatatype
 import dns.resolver
 from twisted.internet import defer
@@ -331,6 +332,10 @@ def result_from_response(
     seen = 0
     truncated = False
     for rrset in response.answer:
+        if rrset.rdclass != dns.rdataclass.IN:
+            # Another class (CH, HS, ...) reuses the type numbers with other
+            # fields: nothing a peer would connect to.
+            continue
         for rdata in rrset:
             seen += 1
             if seen > MAX_RECORDS_PER_ANSWER:
