@@ -6,7 +6,7 @@ from typing import Any
 
 from synapse_fedhealth.checks.discovery import Target
 from synapse_fedhealth.checks.http_answer import parse_json_object
-from synapse_fedhealth.net.http import ERR_TIMEOUT, HttpResult
+from synapse_fedhealth.net.results import HttpResult, ProbeError
 from synapse_fedhealth.report import CheckResult, fail, ok, warn
 from synapse_fedhealth.signing import ServedKeys as ServedKeys
 from synapse_fedhealth.signing import parse_served_keys
@@ -43,7 +43,7 @@ def _http_failure(
     check_id: str, target: Target, http: HttpResult, what: str
 ) -> CheckResult:
     details = _details(target, http)
-    if http.error == ERR_TIMEOUT:
+    if http.error == ProbeError.TIMEOUT:
         details["reason"] = "timeout"
         return fail(
             check_id,

@@ -13,7 +13,8 @@ from __future__ import annotations
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from synapse_fedhealth.net.dns import DnsOutcome, DnsResolver, DnsResult, normalise_name
+from synapse_fedhealth.net.dns import DnsResolver, normalise_name
+from synapse_fedhealth.net.results import DnsOutcome, DnsResult
 
 
 class RunScopedDnsCache:

@@ -23,7 +23,7 @@ from synapse.rest.key.v2.local_key_resource import LocalKey
 
 from synapse_fedhealth.checks.discovery import Target
 from synapse_fedhealth.checks.federation import check_keys, check_version
-from synapse_fedhealth.net.http import HttpResult
+from synapse_fedhealth.net.results import HttpResult
 from synapse_fedhealth.report import Status
 from synapse_fedhealth.signing import canonical_json
 

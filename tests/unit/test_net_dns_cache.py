@@ -3,8 +3,8 @@ from __future__ import annotations
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
-from synapse_fedhealth.net.dns import DnsOutcome, DnsResult
 from synapse_fedhealth.net.dns_cache import RunScopedDnsCache
+from synapse_fedhealth.net.results import DnsOutcome, DnsResult
 from tests.unit.fakes import HANG, FakeResolver
 
 

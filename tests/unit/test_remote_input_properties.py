@@ -52,7 +52,7 @@ from synapse_fedhealth.net.dns import (
     DnsResult,
     result_from_response,
 )
-from synapse_fedhealth.net.http import HttpResult
+from synapse_fedhealth.net.results import HttpResult
 from synapse_fedhealth.report import CheckResult, Status
 from synapse_fedhealth.server_discovery import (
     WellKnownKind,
