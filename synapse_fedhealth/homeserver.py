@@ -416,3 +416,14 @@ def user_agent_of(api: ModuleApi) -> str:
     agent = str(hs.version_string)
     suffix = hs.config.server.user_agent_suffix
     return f"{agent} {suffix}" if suffix else agent
+
+
+def may_have_workers(api: ModuleApi) -> bool:
+    """Workers need PostgreSQL (Synapse runs SQLite in monolith mode only), so
+    a homeserver on SQLite has no other process to share a report with."""
+    try:
+        databases = api._hs.config.database.databases
+        return any(db.config.get("name", "sqlite3") != "sqlite3" for db in databases)
+    except (AttributeError, TypeError):  # a Synapse that moved its config
+        # Share anyway: the table costs little.
+        return True

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from synapse.logging.context import PreserveLoggingContext, make_deferred_yieldable
 from synapse.module_api.errors import ConfigError
-from twisted.internet import defer
+from twisted.internet import defer, task
 
 from synapse_fedhealth import homeserver
 from synapse_fedhealth.checks.forwarded import ECHO_PATH
@@ -16,6 +16,12 @@ from synapse_fedhealth.config import (
     FedHealthConfig,
     FedHealthConfigError,
     parse_fedhealth_config,
+)
+from synapse_fedhealth.deployment import (
+    MAIN_INSTANCE,
+    REFRESH_POLL_MS,
+    DeploymentStore,
+    SharedReports,
 )
 from synapse_fedhealth.echo import EchoResource, NonceBook, secret_from_signing_key
 from synapse_fedhealth.families import DefaultFamilies, FamilyFactory
@@ -73,8 +79,23 @@ class FedHealthModule:
             user_agent=homeserver.user_agent_of(api),
             start_run=_start_shared_run,
         )
+        # Every process serves the deployment's report: the checking
+        # process's latest run plus each process's config results, shared
+        # through Synapse's own database (docs/workers.md).
+        shared = homeserver.may_have_workers(api)
+        self.shared = SharedReports(
+            self.service,
+            DeploymentStore(api.run_db_interaction) if shared else None,
+            instance=api.worker_name or MAIN_INSTANCE,
+            clock=reactor,
+            wait=make_deferred_yieldable,
+            sleep=lambda s: make_deferred_yieldable(
+                task.deferLater(reactor, s, lambda: None)
+            ),
+            spawn=_background(api, "fedhealth_share"),
+        )
         api.register_web_resource(
-            ENDPOINT_PATH, FedHealthResource(api, self.service.get_report)
+            ENDPOINT_PATH, FedHealthResource(api, self.shared.report)
         )
         api.register_web_resource(ECHO_PATH, EchoResource(self._nonces))
 
@@ -84,8 +105,20 @@ class FedHealthModule:
         except Exception as e:  # never let a check stop the homeserver
             logger.warning("synapse_fedhealth: the config checks failed: %s", e)
 
+        if shared:
+            reactor.callWhenRunning(
+                _background(api, "fedhealth_share"), self.shared.publish_config
+            )
         if runs_network:
             reactor.addSystemEventTrigger("during", "shutdown", self._io.stop)
+            if shared:
+                # A refresh asked on another process arrives through the
+                # shared table: one small read per second.
+                api.looping_background_call(
+                    self.shared.poll_refresh_requests,
+                    REFRESH_POLL_MS,
+                    desc="fedhealth_refresh_requests",
+                )
             if config.startup_check:
                 api.delayed_background_call(
                     config.startup_delay_ms,
@@ -114,7 +147,7 @@ class FedHealthModule:
 
     async def _background_run(self) -> None:
         try:
-            await make_deferred_yieldable(self.service.get_report(refresh=True))
+            await self.shared.report(refresh=True)
         except Exception as e:
             # The runner contains check errors; this is a last line of defence
             # so a background run never puts a traceback in Synapse's log.
@@ -129,6 +162,24 @@ def _start_shared_run(
     # follow the rules with make_deferred_yieldable.
     with PreserveLoggingContext():
         return run()
+
+
+def _background(
+    api: ModuleApi, desc: str
+) -> Callable[[Callable[[], Awaitable[None]]], None]:
+    """Runs a function as a named Synapse background process (its own
+    logcontext and resource metrics), fire and forget."""
+    run: Callable[..., Any] | None = getattr(api, "run_as_background_process", None)
+    if run is None:  # Synapse before 1.136
+        from synapse.module_api import run_as_background_process
+
+        run = run_as_background_process
+
+    def spawn(func: Callable[[], Awaitable[None]]) -> None:
+        assert run is not None
+        run(desc, func)
+
+    return spawn
 
 
 def _nonce_secret(snapshot: homeserver.HomeserverSnapshot | None) -> bytes | None:

@@ -87,6 +87,21 @@ class CheckResult:
                     break
         return (self.id, subject)
 
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> CheckResult:
+        """The inverse of `to_json` (for reports shared between processes)."""
+        details = obj.get("details") or {}
+        if not isinstance(details, Mapping):
+            raise ValueError("details is not an object")
+        return cls(
+            id=str(obj["id"]),
+            status=Status(obj["status"]),
+            summary=str(obj["summary"]),
+            target=None if obj.get("target") is None else str(obj["target"]),
+            details=dict(details),
+            fix=None if obj.get("fix") is None else str(obj["fix"]),
+        )
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "id": self.id,
@@ -198,6 +213,21 @@ class Report:
         """Checks that are warn or fail, worst first, in report order otherwise."""
         bad = [c for c in self.checks if c.status in (Status.WARN, Status.FAIL)]
         return sorted(bad, key=lambda c: -c.status.severity)
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Report:
+        """The inverse of `to_json` (for reports shared between processes);
+        `facts` are not part of the JSON."""
+        return cls(
+            server_name=str(obj["server_name"]),
+            verdict=Verdict(obj["verdict"]),
+            generated_at=int(obj["generated_at"]),
+            duration_ms=int(obj["duration_ms"]),
+            checks=tuple(CheckResult.from_json(c) for c in obj["checks"]),
+            vantage=str(obj.get("vantage", VANTAGE_THIS_HOST)),
+            notes=tuple(str(n) for n in obj.get("notes", ())),
+            federation_tester=dict(obj.get("federation_tester") or {}),
+        )
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -7,13 +7,11 @@ access token, exactly as Synapse's admin API takes it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from synapse.api.errors import AuthError, Codes, SynapseError
 from synapse.http.server import DirectServeJsonResource, finish_request
-from synapse.logging.context import make_deferred_yieldable
-from twisted.internet import defer
 
 from synapse_fedhealth.render.text import render_text
 from synapse_fedhealth.report import Report
@@ -55,7 +53,7 @@ class FedHealthResource(DirectServeJsonResource):
     def __init__(
         self,
         api: ModuleApi,
-        get_report: Callable[[bool], defer.Deferred[Report]],
+        get_report: Callable[[bool], Awaitable[Report]],
     ) -> None:
         super().__init__()
         self._api = api
@@ -78,7 +76,8 @@ class FedHealthResource(DirectServeJsonResource):
                 400, "`format` must be `json` or `text`", Codes.INVALID_PARAM
             )
         refresh = _parse_bool("refresh", _query_arg(request, "refresh"))
-        report = await make_deferred_yieldable(self._get_report(refresh))
+        # A coroutine that follows the logcontext rules: awaited directly.
+        report = await self._get_report(refresh)
         if output == "text":
             body = render_text(report, width=100).encode("utf-8")
             request.setResponseCode(200)

@@ -146,7 +146,7 @@ class FedHealthService:
                 timeout_s=self._config.timeout_s,
                 static_checks=static,
                 families=list,
-                federation_disabled=self._federation_disabled,
+                federation_disabled=self.federation_disabled,
             )
         settings = self.settings()
         io = self._run_io(settings)
@@ -157,12 +157,24 @@ class FedHealthService:
             static_checks=static,
             families=lambda: self._families.first(io, settings),
             follow_ups=lambda network: self._families.follow_ups(io, settings, network),
-            federation_disabled=self._federation_disabled,
+            federation_disabled=self.federation_disabled,
         )
 
     @property
-    def _federation_disabled(self) -> bool:
+    def federation_disabled(self) -> bool:
         return self._snapshot is not None and self._snapshot.federation_disabled
+
+    @property
+    def runs_network(self) -> bool:
+        return self._runs_network
+
+    @property
+    def server_name(self) -> str:
+        return self._server_name
+
+    @property
+    def timeout_s(self) -> float:
+        return self._config.timeout_s
 
     def _start_run(self) -> defer.Deferred[Report]:
         return self._start(lambda: defer.ensureDeferred(self.make_runner().run()))

@@ -394,9 +394,26 @@ def _get(base: str, token: str | None = None, query: str = "") -> HttpResponse:
     return http_request(f"{base}{ENDPOINT}{query}", token=token)
 
 
-def _checks(report: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+def _checks(
+    report: Mapping[str, Any], instance: str | None = None
+) -> dict[str, Mapping[str, Any]]:
+    """Checks by id; config checks only those about `instance`."""
     checks: Sequence[Mapping[str, Any]] = report["checks"]
-    return {check["id"]: check for check in checks}
+    return {
+        check["id"]: check
+        for check in checks
+        if instance is None
+        or not str(check["id"]).startswith("config.")
+        or check["details"].get("instance") == instance
+    }
+
+
+def _network(report: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    return [
+        (c["id"], c["status"], c["summary"])
+        for c in report["checks"]
+        if not str(c["id"]).startswith("config.")
+    ]
 
 
 # -- the endpoint on the worker's own listener ----------------------------------
@@ -437,7 +454,7 @@ def _worker_report(deployment: Deployment) -> dict[str, Any]:
 
 
 def test_worker_lints_its_own_listeners(deployment: Deployment) -> None:
-    checks = _checks(_worker_report(deployment))
+    checks = _checks(_worker_report(deployment), WORKER_NAME)
     listener = checks["config.federation_listener"]
     assert listener["status"] == "ok", listener
     labels = listener["details"]["listeners"]
@@ -452,13 +469,39 @@ def test_worker_lints_its_own_listeners(deployment: Deployment) -> None:
     assert f"port {deployment.worker_port}" in repr(x_forwarded), x_forwarded
 
 
-def test_worker_skips_the_network_checks(deployment: Deployment) -> None:
-    report = _worker_report(deployment)
-    network = [c for c in report["checks"] if not str(c["id"]).startswith("config.")]
-    assert network, report
-    for check in network:
-        assert check["status"] == "skip", check
-        assert BACKGROUND_REASON in check["summary"], check
+def test_worker_serves_the_main_processes_run(deployment: Deployment) -> None:
+    """SPEC 4.7: the same run, network checks included, from either process;
+    the worker never probes itself."""
+    main = _get(deployment.main_url, token=deployment.admin_token).json()
+    worker = _worker_report(deployment)
+    assert worker["generated_at"] == main["generated_at"]
+    assert _network(worker) == _network(main)
+    assert _network(worker)
+    assert not any(BACKGROUND_REASON in summary for _, _, summary in _network(worker))
+
+
+def test_each_process_config_is_attributed(deployment: Deployment) -> None:
+    for url in (deployment.main_url, deployment.worker_url):
+        report = _get(url, token=deployment.admin_token).json()
+        instances = {
+            c["details"].get("instance")
+            for c in report["checks"]
+            if str(c["id"]).startswith("config.")
+        }
+        assert instances == {"master", WORKER_NAME}, report["checks"]
+        worker_listener = _checks(report, WORKER_NAME)["config.federation_listener"]
+        assert f"port {deployment.worker_port}" in repr(worker_listener)
+
+
+def test_refresh_on_the_worker_runs_on_the_main(deployment: Deployment) -> None:
+    before = _get(deployment.main_url, token=deployment.admin_token).json()
+    refreshed = _get(
+        deployment.worker_url, token=deployment.admin_token, query="?refresh=true"
+    ).json()
+    assert refreshed["generated_at"] > before["generated_at"], refreshed.get("notes")
+    # The main serves that same run: it was the main's, not a second one.
+    after = _get(deployment.main_url, token=deployment.admin_token).json()
+    assert after["generated_at"] == refreshed["generated_at"]
 
 
 def test_main_reports_network_results(deployment: Deployment) -> None:
@@ -468,7 +511,7 @@ def test_main_reports_network_results(deployment: Deployment) -> None:
     network = [c for c in checks if not str(c["id"]).startswith("config.")]
     assert network
     assert not any(BACKGROUND_REASON in c["summary"] for c in network), network
-    labels = _checks(response.json())["config.federation_listener"]["details"]
+    labels = _checks(response.json(), "master")["config.federation_listener"]["details"]
     assert labels["listeners"] == [
         f"listeners[0] (http, port {deployment.main_port} on 127.0.0.1)"
     ]
@@ -497,5 +540,8 @@ def test_logs_are_clean(deployment: Deployment) -> None:
 
 
 def test_worker_report_has_each_check_once(deployment: Deployment) -> None:
-    ids = [c["id"] for c in _worker_report(deployment)["checks"]]
-    assert sorted(ids) == sorted(set(ids)), ids
+    keys = [
+        (c["id"], c.get("target"), c["details"].get("instance"))
+        for c in _worker_report(deployment)["checks"]
+    ]
+    assert sorted(keys, key=repr) == sorted(set(keys), key=repr), keys

@@ -99,6 +99,7 @@ def _module(
     monkeypatch.setattr(homeserver, "reactor_of", lambda api: reactor)
     monkeypatch.setattr(homeserver, "snapshot_of", lambda api: snapshot or _snapshot())
     monkeypatch.setattr(homeserver, "user_agent_of", lambda api: "Synapse/test")
+    monkeypatch.setattr(homeserver, "may_have_workers", lambda api: False)
     api = mock.Mock()
     api.server_name = "example.com"
     api.should_run_background_tasks.return_value = background
