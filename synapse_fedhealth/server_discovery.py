@@ -119,44 +119,7 @@ def interpret_well_known(http: HttpResult, *, now: float) -> WellKnownOutcome:
     """What a Synapse peer makes of one /.well-known/matrix/server fetch;
     `now` (unix seconds) dates an `Expires` header."""
     if http.error is not None:
-        if http.error == ProbeError.TIMEOUT:
-            return WellKnownOutcome(
-                kind=WellKnownKind.TIMEOUT,
-                http=http,
-                problem="the request timed out",
-                reason="timeout",
-            )
-        if http.error == ProbeError.CERTIFICATE:
-            return WellKnownOutcome(
-                kind=WellKnownKind.TLS,
-                http=http,
-                problem=http.error_message,
-                reason=http.tls_reason,
-            )
-        if http.error == ProbeError.TLS:
-            return WellKnownOutcome(
-                kind=WellKnownKind.TLS,
-                http=http,
-                problem=http.error_message,
-                reason="tls_handshake",
-            )
-        if http.error in (
-            ProbeError.REFUSED,
-            ProbeError.UNREACHABLE,
-            ProbeError.NO_ADDRESS,
-        ):
-            return WellKnownOutcome(
-                kind=WellKnownKind.UNREACHABLE,
-                http=http,
-                problem=http.error_message,
-                reason=http.error,
-            )
-        return WellKnownOutcome(
-            kind=WellKnownKind.FAILED,
-            http=http,
-            problem=http.error_message or http.error,
-            reason=http.error,
-        )
+        return _failed_fetch(http)
     if http.status == 404:
         return WellKnownOutcome(kind=WellKnownKind.ABSENT, http=http)
     if http.status != 200:
@@ -204,6 +167,48 @@ def interpret_well_known(http: HttpResult, *, now: float) -> WellKnownOutcome:
         m_server=m_server,
         delegated=m_server.lower(),
         cache_lifetime_s=lifetime,
+    )
+
+
+def _failed_fetch(http: HttpResult) -> WellKnownOutcome:
+    """A fetch with no HTTP answer: why a peer has no well-known."""
+    if http.error == ProbeError.TIMEOUT:
+        return WellKnownOutcome(
+            kind=WellKnownKind.TIMEOUT,
+            http=http,
+            problem="the request timed out",
+            reason="timeout",
+        )
+    if http.error == ProbeError.CERTIFICATE:
+        return WellKnownOutcome(
+            kind=WellKnownKind.TLS,
+            http=http,
+            problem=http.error_message,
+            reason=http.tls_reason,
+        )
+    if http.error == ProbeError.TLS:
+        return WellKnownOutcome(
+            kind=WellKnownKind.TLS,
+            http=http,
+            problem=http.error_message,
+            reason="tls_handshake",
+        )
+    if http.error in (
+        ProbeError.REFUSED,
+        ProbeError.UNREACHABLE,
+        ProbeError.NO_ADDRESS,
+    ):
+        return WellKnownOutcome(
+            kind=WellKnownKind.UNREACHABLE,
+            http=http,
+            problem=http.error_message,
+            reason=http.error,
+        )
+    return WellKnownOutcome(
+        kind=WellKnownKind.FAILED,
+        http=http,
+        problem=http.error_message or str(http.error),
+        reason=http.error,
     )
 
 
