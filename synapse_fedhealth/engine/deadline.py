@@ -20,11 +20,12 @@ logger = logging.getLogger("synapse_fedhealth")
 
 T = TypeVar("T")
 
-# Discovery may use this share of the budget for the well-known and the server
-# name's SRV lookups, and this share for all of discovery, so that the probes
-# of the targets it finds always get time of their own.
-WELL_KNOWN_SHARE = 0.45
+# Discovery may use this share of the budget, so that the probes of the
+# targets it finds always get time of their own; the well-known and the
+# server name's SRV lookups may use this share of discovery's time, and
+# resolving what they point at gets the rest.
 DISCOVERY_SHARE = 0.65
+WELL_KNOWN_SHARE = 0.7
 # Finding a notary (its own discovery) may use this share of what is left; the
 # POST to it gets the rest.
 NOTARY_DISCOVERY_SHARE = 0.6

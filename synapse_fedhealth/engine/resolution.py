@@ -17,7 +17,7 @@ from typing import Any
 import attr
 from twisted.internet import defer
 
-from synapse_fedhealth.engine.deadline import BoundFailure, Deadline
+from synapse_fedhealth.engine.deadline import WELL_KNOWN_SHARE, BoundFailure, Deadline
 from synapse_fedhealth.matrix_names import bare_host, parse_and_validate_server_name
 from synapse_fedhealth.net.addresses import (
     AddressClass,
@@ -53,9 +53,6 @@ MAX_TARGETS = 16
 MAX_SRV_HOSTS = 8
 MAX_WELL_KNOWN_ADDRESSES = 8
 WELL_KNOWN_PORT = 443
-# The well-known and the server name's SRV lookups may use this share of
-# discovery's time; resolving what they point at gets the rest.
-WELL_KNOWN_SHARE = 0.7
 
 
 class _Draft:
