@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+from synapse.logging import context as synapse_logcontext
 from synapse.logging.context import PreserveLoggingContext, make_deferred_yieldable
 from synapse.module_api.errors import ConfigError
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from synapse_fedhealth import homeserver
 from synapse_fedhealth.checks.forwarded import ECHO_PATH
@@ -31,6 +33,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("synapse_fedhealth")
 
 ENDPOINT_PATH = "/_synapse/fedhealth"
+# The background process every run is (its log lines say `fedhealth_run-N`).
+RUN_PROCESS_NAME = "fedhealth_run"
 
 
 class FedHealthModule:
@@ -71,10 +75,10 @@ class FedHealthModule:
             families=self.families_for(snapshot),
             runs_network=runs_network,
             user_agent=homeserver.user_agent_of(api),
-            start_run=_start_shared_run,
+            start_run=lambda run: _start_named_run(api, run),
         )
         api.register_web_resource(
-            ENDPOINT_PATH, FedHealthResource(api, self.service.get_report)
+            ENDPOINT_PATH, FedHealthResource(api, self.get_report)
         )
         api.register_web_resource(ECHO_PATH, EchoResource(self._nonces))
 
@@ -112,23 +116,84 @@ class FedHealthModule:
             return _NoFamilies()
         return DefaultFamilies(snapshot, echo=self._nonces)
 
+    def get_report(self, refresh: bool = False) -> defer.Deferred[Report]:
+        """The (cached) report, as a Deferred that follows the logcontext rules
+        for `make_deferred_yieldable`: it fires in the sentinel context.
+
+        A run's own Deferred fires inside the run's logcontext, so that what
+        the report cache does with a new report (metrics, transition log
+        lines) is accounted to the run; each waiter is then woken from the
+        sentinel context, as Synapse's rules want."""
+        shared = self.service.get_report(refresh)
+        if shared.called:
+            return shared
+        mine: defer.Deferred[Report] = defer.Deferred(lambda _: shared.cancel())
+
+        def _wake(result: Report | Failure) -> None:
+            with PreserveLoggingContext():
+                if isinstance(result, Failure):
+                    mine.errback(result)
+                else:
+                    mine.callback(result)
+
+        shared.addBoth(_wake)
+        return mine
+
     async def _background_run(self) -> None:
         try:
-            await make_deferred_yieldable(self.service.get_report(refresh=True))
+            await make_deferred_yieldable(self.get_report(refresh=True))
         except Exception as e:
             # The runner contains check errors; this is a last line of defence
             # so a background run never puts a traceback in Synapse's log.
             logger.warning("synapse_fedhealth: the background run failed: %s", e)
 
 
-def _start_shared_run(
-    run: Callable[[], defer.Deferred[Report]],
+def _start_named_run(
+    api: ModuleApi, run: Callable[[], defer.Deferred[Report]]
 ) -> defer.Deferred[Report]:
-    # The run is shared by every waiter, so it must not carry any one
-    # request's logcontext: start it in the sentinel context. Waiters
-    # follow the rules with make_deferred_yieldable.
+    """Starts a run as a Synapse background process of its own.
+
+    The run is shared by every waiter, so it must not carry any one
+    request's logcontext; as a named background process its log lines say
+    which run they belong to, and Synapse accounts its CPU and database use
+    in its background-process metrics. The Deferred returned fires inside
+    that process's context (see `FedHealthModule.get_report`)."""
+    done: defer.Deferred[Report] = defer.Deferred()
+
+    async def body() -> None:
+        try:
+            report = await run()
+        except BaseException:
+            done.errback(Failure())
+        else:
+            done.callback(report)
+
+    start_process = getattr(api, "run_as_background_process", None)
+    if start_process is not None:
+        start_process(RUN_PROCESS_NAME, body)
+    else:
+        _run_in_named_context(api.server_name, body)
+    return done
+
+
+def _run_in_named_context(
+    server_name: str, body: Callable[[], Coroutine[Any, Any, None]]
+) -> None:
+    """For Synapses whose module API has no `run_as_background_process`."""
+    # Where the class lives and what it takes has changed between releases.
+    logging_context: Any = getattr(synapse_logcontext, "LoggingContext")  # noqa: B009
+    context: Any
+    try:
+        context = logging_context(name=RUN_PROCESS_NAME, server_name=server_name)
+    except TypeError:  # a Synapse whose logcontexts name no server
+        context = logging_context(RUN_PROCESS_NAME)
+
+    async def named() -> None:
+        with context:
+            await body()
+
     with PreserveLoggingContext():
-        return run()
+        defer.ensureDeferred(named())
 
 
 def _nonce_secret(snapshot: homeserver.HomeserverSnapshot | None) -> bytes | None:
