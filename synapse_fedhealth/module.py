@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine, Generator
+from typing import TYPE_CHECKING, Any, cast
 
 from synapse.logging import context as synapse_logcontext
-from synapse.logging.context import PreserveLoggingContext, make_deferred_yieldable
+from synapse.logging.context import (
+    SENTINEL_CONTEXT,
+    PreserveLoggingContext,
+    current_context,
+    make_deferred_yieldable,
+    set_current_context,
+)
 from synapse.module_api.errors import ConfigError
 from twisted.internet import defer
 from twisted.python.failure import Failure
@@ -148,21 +155,58 @@ class FedHealthModule:
             logger.warning("synapse_fedhealth: the background run failed: %s", e)
 
 
+RunCoroutine = Coroutine[Any, Any, Report]
+
+# The logcontext of the run whose code is executing. Twisted runs every step
+# of every coroutine in a copy of the contextvars of the step that created
+# it, so this follows the run into the coroutines it spawns (families,
+# probes), which the reactor resumes in the sentinel logcontext.
+_RUN_LOGCONTEXT: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "fedhealth_run_logcontext", default=None
+)
+
+
+class _RunLogLabel(logging.Filter):
+    """Names the run on a module log line logged while the sentinel context
+    is current (a spawned coroutine resumed by the reactor). Synapse's
+    LoggingContextFilter keeps `request` and `server_name` that are already
+    set when the current context is the sentinel."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        run_context = _RUN_LOGCONTEXT.get()
+        if run_context is not None and current_context() is SENTINEL_CONTEXT:
+            record.request = str(run_context)
+            record.server_name = getattr(run_context, "server_name", "")
+        return True
+
+
+_RUN_LOG_LABEL = _RunLogLabel()
+
+
+def _label_module_log_lines() -> None:
+    for name in ("synapse_fedhealth", "synapse_fedhealth.checks.config_lint"):
+        target = logging.getLogger(name)
+        if _RUN_LOG_LABEL not in target.filters:
+            target.addFilter(_RUN_LOG_LABEL)
+
+
 def _start_named_run(
-    api: ModuleApi, run: Callable[[], defer.Deferred[Report]]
+    api: ModuleApi, run: Callable[[], RunCoroutine]
 ) -> defer.Deferred[Report]:
     """Starts a run as a Synapse background process of its own.
 
     The run is shared by every waiter, so it must not carry any one
     request's logcontext; as a named background process its log lines say
-    which run they belong to, and Synapse accounts its CPU and database use
-    in its background-process metrics. The Deferred returned fires inside
-    that process's context (see `FedHealthModule.get_report`)."""
+    which run they belong to, and Synapse accounts its CPU in its
+    background-process metrics. The Deferred returned fires inside that
+    process's context (see `FedHealthModule.get_report`)."""
     done: defer.Deferred[Report] = defer.Deferred()
+    _label_module_log_lines()
 
     async def body() -> None:
+        _RUN_LOGCONTEXT.set(current_context())
         try:
-            report = await run()
+            report = await _InLogContext(run(), current_context())
         except BaseException:
             done.errback(Failure())
         else:
@@ -174,6 +218,42 @@ def _start_named_run(
     else:
         _run_in_named_context(api.server_name, body)
     return done
+
+
+class _InLogContext:
+    """Awaits `coroutine` with `context` current during each of its steps,
+    and the sentinel context while it waits.
+
+    The engine awaits plain Twisted Deferreds, which resume it from the
+    reactor in the sentinel context; stepping it this way (what
+    `make_deferred_yieldable` does for one Deferred) keeps every one of its
+    log lines, and its CPU time, in the run's context."""
+
+    def __init__(self, coroutine: RunCoroutine, context: Any) -> None:
+        self._coroutine = coroutine
+        self._context = context
+
+    def __await__(self) -> Generator[Any, Any, Report]:
+        coroutine = self._coroutine
+        sent: Any = None
+        thrown: BaseException | None = None
+        while True:
+            set_current_context(self._context)
+            try:
+                if thrown is not None:
+                    waiting_on = coroutine.throw(thrown)
+                else:
+                    waiting_on = coroutine.send(sent)
+            except StopIteration as finished:
+                return cast(Report, finished.value)
+            set_current_context(SENTINEL_CONTEXT)
+            try:
+                sent, thrown = (yield waiting_on), None
+            except GeneratorExit:
+                coroutine.close()
+                raise
+            except BaseException as e:
+                sent, thrown = None, e
 
 
 def _run_in_named_context(
