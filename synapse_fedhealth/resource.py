@@ -15,6 +15,7 @@ from synapse.http.server import DirectServeJsonResource, finish_request
 from synapse.logging.context import make_deferred_yieldable
 from twisted.internet import defer
 
+from synapse_fedhealth import homeserver
 from synapse_fedhealth.render.text import render_text
 from synapse_fedhealth.report import Report
 
@@ -65,7 +66,7 @@ class FedHealthResource(DirectServeJsonResource):
         # Raises MissingClientTokenError (401 M_MISSING_TOKEN) or
         # InvalidClientTokenError (401 M_UNKNOWN_TOKEN).
         requester = await self._api.get_user_by_req(request)
-        if not await self._api.is_user_admin(requester.user.to_string()):
+        if not await homeserver.is_server_admin(self._api, requester):
             raise AuthError(403, "You are not a server admin", Codes.FORBIDDEN)
 
     async def _async_render_GET(
