@@ -13,6 +13,7 @@ from synapse.api.auth.mas import MasDelegatedAuth
 from synapse.api.errors import AuthError
 from synapse.types import create_requester
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from synapse_fedhealth.resource import FedHealthResource
 
@@ -45,7 +46,7 @@ def _decide(api: mock.Mock) -> bool:
     outcome: list[Any] = []
     d.addBoth(outcome.append)
     assert outcome, "decided synchronously"
-    if isinstance(outcome[0], defer.Failure):
+    if isinstance(outcome[0], Failure):
         assert isinstance(outcome[0].value, AuthError)
         assert outcome[0].value.code == 403
         return False
