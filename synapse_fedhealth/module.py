@@ -32,6 +32,7 @@ from synapse_fedhealth.monitor import log_config_problems
 from synapse_fedhealth.report import Report
 from synapse_fedhealth.resource import FedHealthResource
 from synapse_fedhealth.service import FedHealthService
+from synapse_fedhealth.third_party import ThirdPartyAnswers
 from synapse_fedhealth.wiring import ProcessIO
 
 if TYPE_CHECKING:
@@ -72,6 +73,9 @@ class FedHealthModule:
         # nonce secret comes from the signing key, which all processes share.
         self._nonces = NonceBook(secret=_nonce_secret(snapshot))
         self._io = ProcessIO(reactor)
+        # Notaries (and other servers) are asked at most once a minute for
+        # the life of the process, however often runs come (SPEC 2.2).
+        self._third_parties = ThirdPartyAnswers(reactor)
         self.service = FedHealthService(
             config=config,
             server_name=api.server_name,
@@ -121,7 +125,9 @@ class FedHealthModule:
         """The check families of each run. A subclass may add its own."""
         if snapshot is None:
             return _NoFamilies()
-        return DefaultFamilies(snapshot, echo=self._nonces)
+        return DefaultFamilies(
+            snapshot, echo=self._nonces, third_parties=self._third_parties
+        )
 
     def get_report(self, refresh: bool = False) -> defer.Deferred[Report]:
         """The (cached) report, as a Deferred that follows the logcontext rules
