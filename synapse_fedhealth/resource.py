@@ -16,6 +16,7 @@ from synapse.logging.context import make_deferred_yieldable
 from twisted.internet import defer
 
 from synapse_fedhealth import homeserver
+from synapse_fedhealth.remote_text import clean_json
 from synapse_fedhealth.render.text import render_text
 from synapse_fedhealth.report import Report
 
@@ -90,4 +91,6 @@ class FedHealthResource(DirectServeJsonResource):
             finish_request(request)
             return None
         request.setHeader(b"Cache-Control", b"no-store")  # type: ignore[no-untyped-call]
-        return 200, report.to_json()
+        # Last resort: Synapse encodes JSON as UTF-8, which a lone surrogate
+        # in any value would turn into a 500.
+        return 200, clean_json(report.to_json())

@@ -63,6 +63,7 @@ from synapse_fedhealth.net.tls import (
     TrustStore,
     classify_connect_error,
 )
+from synapse_fedhealth.remote_text import clean_line
 
 WELL_KNOWN_MAX_SIZE = 50 * 1024  # 50 KiB, as Synapse's well-known resolver
 DEFAULT_MAX_BODY_SIZE = 256 * 1024  # 256 KiB: generous for keys/version answers
@@ -559,6 +560,12 @@ def _redirect_target(
         raise _Refused(
             ERR_BAD_REDIRECT, f"HTTP {status} redirect without a Location header"
         )
+    if clean_line(location) != location:
+        raise _Refused(
+            ERR_BAD_REDIRECT,
+            f"HTTP {status} redirect to a URL with control characters: "
+            f"{clean_line(location)[:300]}",
+        )
     next_url = urllib.parse.urljoin(url, location)
     state.redirects.append(RedirectHop(url=url, status=status, location=next_url))
     # Don't read the redirect body: drop the connection.
@@ -601,8 +608,8 @@ def _headers_dict(headers: Headers) -> dict[str, tuple[str, ...]]:
     for name, values in headers.getAllRawHeaders():
         if len(out) >= MAX_HEADERS_KEPT:
             break
-        out[name.decode("latin-1").lower()] = tuple(
-            v.decode("latin-1")[:1000] for v in values[:8]
+        out[clean_line(name.decode("latin-1").lower())] = tuple(
+            clean_line(v.decode("latin-1")[:1000]) for v in values[:8]
         )
     return out
 
@@ -683,10 +690,10 @@ def _ssl_message(e: BaseException) -> str:
             str(item[2]) for item in args if isinstance(item, tuple) and len(item) == 3
         ]
         if parts:
-            return ", ".join(parts)[:300]
+            return clean_line(", ".join(parts))[:300]
     return _short(e)
 
 
 def _short(e: BaseException, limit: int = 300) -> str:
-    text = str(e) or type(e).__name__
+    text = clean_line(str(e) or type(e).__name__)
     return text if len(text) <= limit else text[:limit] + "…"
