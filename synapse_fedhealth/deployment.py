@@ -221,8 +221,12 @@ class SharedReports:
         wait: Callable[[defer.Deferred[Any]], Awaitable[Any]],
         sleep: Callable[[float], Awaitable[None]],
         spawn: Callable[[Callable[[], Awaitable[None]]], None],
+        local_report: Callable[[bool], defer.Deferred[Report]] | None = None,
     ) -> None:
         self._service = service
+        # This process's own (cached) report; the facade's fires in the
+        # sentinel context, as `wait` wants.
+        self._local_report = local_report or service.get_report
         self._store = store
         self._instance = instance
         self._clock = clock
@@ -235,11 +239,11 @@ class SharedReports:
 
     async def report(self, refresh: bool = False) -> Report:
         if self._store is None:
-            local: Report = await self._wait(self._service.get_report(refresh))
+            local: Report = await self._wait(self._local_report(refresh))
             return local
         try:
             if self._service.runs_network:
-                base: Report = await self._wait(self._service.get_report(refresh))
+                base: Report = await self._wait(self._local_report(refresh))
                 rows = await self._store.rows()
                 return self._merge(base, rows, [])
             return await self._report_from_checker(refresh)
@@ -252,7 +256,7 @@ class SharedReports:
                 type(e).__name__,
                 e,
             )
-            fallback: Report = await self._wait(self._service.get_report(refresh))
+            fallback: Report = await self._wait(self._local_report(refresh))
             return fallback
 
     async def publish_config(self) -> None:
@@ -278,7 +282,7 @@ class SharedReports:
         last = self._service.cache.last_report
         if first and last is not None and last.generated_at >= requested:
             return  # a request from before we started, already answered
-        await self._wait(self._service.get_report(True))
+        await self._wait(self._local_report(True))
 
     # -- inside ------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ Synapse.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,9 @@ import attr
 if TYPE_CHECKING:
     from synapse.config.homeserver import HomeServerConfig
     from synapse.config.server import ListenerConfig
-    from synapse.module_api import ModuleApi
+    from synapse.module_api import ModuleApi, Requester
+
+logger = logging.getLogger("synapse_fedhealth")
 
 DEFAULT_KEY_REFRESH_INTERVAL_MS = 24 * 60 * 60 * 1000
 MAIN_PROCESS = "master"
@@ -401,21 +404,68 @@ def module_entry_config(raw: Mapping[str, Any]) -> object:
     return ours
 
 
+def _hs_of(api: ModuleApi) -> Any:
+    """Synapse's HomeServer behind the module API: a private attribute, so a
+    release may move it (callers fall back, and say so)."""
+    hs = getattr(api, "_hs", None)
+    if hs is None:
+        raise AttributeError("the module API no longer exposes the homeserver (_hs)")
+    return hs
+
+
 def snapshot_of(api: ModuleApi) -> HomeserverSnapshot:
-    return snapshot_from_synapse(api._hs.config)
+    return snapshot_from_synapse(_hs_of(api).config)
 
 
 def reactor_of(api: ModuleApi) -> Any:
-    """Synapse's reactor: the module API does not expose it."""
-    return api._hs.get_reactor()
+    """Synapse's reactor: the module API does not expose it. Where Synapse
+    moved it, Twisted's global reactor, which Synapse runs on."""
+    try:
+        return _hs_of(api).get_reactor()
+    except Exception as e:
+        logger.warning(
+            "synapse_fedhealth could not read Synapse's reactor (%s: %s); "
+            "using Twisted's global reactor",
+            type(e).__name__,
+            e,
+        )
+        from twisted.internet import reactor
+
+        return reactor
 
 
 def user_agent_of(api: ModuleApi) -> str:
-    """The User-Agent Synapse's federation client sends (matrixfederationclient)."""
-    hs = api._hs
-    agent = str(hs.version_string)
-    suffix = hs.config.server.user_agent_suffix
+    """The User-Agent Synapse's federation client sends (matrixfederationclient);
+    where Synapse moved what it is made of, `Synapse/<version>`."""
+    try:
+        hs = _hs_of(api)
+        agent = str(hs.version_string)
+        suffix = hs.config.server.user_agent_suffix
+    except Exception as e:
+        from synapse import __version__ as synapse_version
+
+        logger.warning(
+            "synapse_fedhealth could not read Synapse's User-Agent (%s: %s); "
+            "sending Synapse/%s",
+            type(e).__name__,
+            e,
+            synapse_version,
+        )
+        return f"Synapse/{synapse_version}"
     return f"{agent} {suffix}" if suffix else agent
+
+
+async def is_server_admin(api: ModuleApi, requester: Requester) -> bool:
+    """Synapse's own server-admin decision, as its admin API takes it: its
+    auth layer decides (the database flag with Synapse's own auth; the
+    token's `urn:synapse:admin:*` scope under Matrix Authentication
+    Service). The database flag where that layer cannot be reached."""
+    try:
+        auth = _hs_of(api).get_auth()
+        decide = auth.is_server_admin
+    except Exception:
+        return await api.is_user_admin(requester.user.to_string())
+    return bool(await decide(requester))
 
 
 def may_have_workers(api: ModuleApi) -> bool:

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import TYPE_CHECKING, Any, cast
 
-from synapse.logging.context import PreserveLoggingContext, make_deferred_yieldable
+from synapse.logging import context as synapse_logcontext
+from synapse.logging.context import (
+    SENTINEL_CONTEXT,
+    PreserveLoggingContext,
+    current_context,
+    make_deferred_yieldable,
+    set_current_context,
+)
 from synapse.module_api.errors import ConfigError
 from twisted.internet import defer, task
+from twisted.python.failure import Failure
 
 from synapse_fedhealth import homeserver
 from synapse_fedhealth.checks.forwarded import ECHO_PATH
@@ -29,6 +38,7 @@ from synapse_fedhealth.monitor import log_config_problems
 from synapse_fedhealth.report import Report
 from synapse_fedhealth.resource import FedHealthResource
 from synapse_fedhealth.service import FedHealthService
+from synapse_fedhealth.third_party import ThirdPartyAnswers
 from synapse_fedhealth.wiring import ProcessIO
 
 if TYPE_CHECKING:
@@ -37,6 +47,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("synapse_fedhealth")
 
 ENDPOINT_PATH = "/_synapse/fedhealth"
+# The background process every run is (its log lines say `fedhealth_run-N`).
+RUN_PROCESS_NAME = "fedhealth_run"
 
 
 class FedHealthModule:
@@ -67,6 +79,9 @@ class FedHealthModule:
         # nonce secret comes from the signing key, which all processes share.
         self._nonces = NonceBook(secret=_nonce_secret(snapshot))
         self._io = ProcessIO(reactor)
+        # Notaries (and other servers) are asked at most once a minute for
+        # the life of the process, however often runs come (SPEC 2.2).
+        self._third_parties = ThirdPartyAnswers(reactor)
         self.service = FedHealthService(
             config=config,
             server_name=api.server_name,
@@ -77,7 +92,7 @@ class FedHealthModule:
             families=self.families_for(snapshot),
             runs_network=runs_network,
             user_agent=homeserver.user_agent_of(api),
-            start_run=_start_shared_run,
+            start_run=lambda run: _start_named_run(api, run),
         )
         # Every process serves the deployment's report: the checking
         # process's latest run plus each process's config results, shared
@@ -93,6 +108,7 @@ class FedHealthModule:
                 task.deferLater(reactor, s, lambda: None)
             ),
             spawn=_background(api, "fedhealth_share"),
+            local_report=self.get_report,
         )
         api.register_web_resource(
             ENDPOINT_PATH, FedHealthResource(api, self.shared.report)
@@ -143,7 +159,32 @@ class FedHealthModule:
         """The check families of each run. A subclass may add its own."""
         if snapshot is None:
             return _NoFamilies()
-        return DefaultFamilies(snapshot, echo=self._nonces)
+        return DefaultFamilies(
+            snapshot, echo=self._nonces, third_parties=self._third_parties
+        )
+
+    def get_report(self, refresh: bool = False) -> defer.Deferred[Report]:
+        """The (cached) report, as a Deferred that follows the logcontext rules
+        for `make_deferred_yieldable`: it fires in the sentinel context.
+
+        A run's own Deferred fires inside the run's logcontext, so that what
+        the report cache does with a new report (metrics, transition log
+        lines) is accounted to the run; each waiter is then woken from the
+        sentinel context, as Synapse's rules want."""
+        shared = self.service.get_report(refresh)
+        if shared.called:
+            return shared
+        mine: defer.Deferred[Report] = defer.Deferred(lambda _: shared.cancel())
+
+        def _wake(result: Report | Failure) -> None:
+            with PreserveLoggingContext():
+                if isinstance(result, Failure):
+                    mine.errback(result)
+                else:
+                    mine.callback(result)
+
+        shared.addBoth(_wake)
+        return mine
 
     async def _background_run(self) -> None:
         try:
@@ -154,14 +195,125 @@ class FedHealthModule:
             logger.warning("synapse_fedhealth: the background run failed: %s", e)
 
 
-def _start_shared_run(
-    run: Callable[[], defer.Deferred[Report]],
+RunCoroutine = Coroutine[Any, Any, Report]
+
+# The logcontext of the run whose code is executing. Twisted runs every step
+# of every coroutine in a copy of the contextvars of the step that created
+# it, so this follows the run into the coroutines it spawns (families,
+# probes), which the reactor resumes in the sentinel logcontext.
+_RUN_LOGCONTEXT: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "fedhealth_run_logcontext", default=None
+)
+
+
+class _RunLogLabel(logging.Filter):
+    """Names the run on a module log line logged while the sentinel context
+    is current (a spawned coroutine resumed by the reactor). Synapse's
+    LoggingContextFilter keeps `request` and `server_name` that are already
+    set when the current context is the sentinel."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        run_context = _RUN_LOGCONTEXT.get()
+        if run_context is not None and current_context() is SENTINEL_CONTEXT:
+            record.request = str(run_context)
+            record.server_name = getattr(run_context, "server_name", "")
+        return True
+
+
+_RUN_LOG_LABEL = _RunLogLabel()
+
+
+def _label_module_log_lines() -> None:
+    for name in ("synapse_fedhealth", "synapse_fedhealth.checks.config_lint"):
+        target = logging.getLogger(name)
+        if _RUN_LOG_LABEL not in target.filters:
+            target.addFilter(_RUN_LOG_LABEL)
+
+
+def _start_named_run(
+    api: ModuleApi, run: Callable[[], RunCoroutine]
 ) -> defer.Deferred[Report]:
-    # The run is shared by every waiter, so it must not carry any one
-    # request's logcontext: start it in the sentinel context. Waiters
-    # follow the rules with make_deferred_yieldable.
+    """Starts a run as a Synapse background process of its own.
+
+    The run is shared by every waiter, so it must not carry any one
+    request's logcontext; as a named background process its log lines say
+    which run they belong to, and Synapse accounts its CPU in its
+    background-process metrics. The Deferred returned fires inside that
+    process's context (see `FedHealthModule.get_report`)."""
+    done: defer.Deferred[Report] = defer.Deferred()
+    _label_module_log_lines()
+
+    async def body() -> None:
+        _RUN_LOGCONTEXT.set(current_context())
+        try:
+            report = await _InLogContext(run(), current_context())
+        except BaseException:
+            done.errback(Failure())
+        else:
+            done.callback(report)
+
+    start_process = getattr(api, "run_as_background_process", None)
+    if start_process is not None:
+        start_process(RUN_PROCESS_NAME, body)
+    else:
+        _run_in_named_context(api.server_name, body)
+    return done
+
+
+class _InLogContext:
+    """Awaits `coroutine` with `context` current during each of its steps,
+    and the sentinel context while it waits.
+
+    The engine awaits plain Twisted Deferreds, which resume it from the
+    reactor in the sentinel context; stepping it this way (what
+    `make_deferred_yieldable` does for one Deferred) keeps every one of its
+    log lines, and its CPU time, in the run's context."""
+
+    def __init__(self, coroutine: RunCoroutine, context: Any) -> None:
+        self._coroutine = coroutine
+        self._context = context
+
+    def __await__(self) -> Generator[Any, Any, Report]:
+        coroutine = self._coroutine
+        sent: Any = None
+        thrown: BaseException | None = None
+        while True:
+            set_current_context(self._context)
+            try:
+                if thrown is not None:
+                    waiting_on = coroutine.throw(thrown)
+                else:
+                    waiting_on = coroutine.send(sent)
+            except StopIteration as finished:
+                return cast(Report, finished.value)
+            set_current_context(SENTINEL_CONTEXT)
+            try:
+                sent, thrown = (yield waiting_on), None
+            except GeneratorExit:
+                coroutine.close()
+                raise
+            except BaseException as e:
+                sent, thrown = None, e
+
+
+def _run_in_named_context(
+    server_name: str, body: Callable[[], Coroutine[Any, Any, None]]
+) -> None:
+    """For Synapses whose module API has no `run_as_background_process`."""
+    # Where the class lives and what it takes has changed between releases.
+    logging_context: Any = getattr(synapse_logcontext, "LoggingContext")  # noqa: B009
+    context: Any
+    try:
+        context = logging_context(name=RUN_PROCESS_NAME, server_name=server_name)
+    except TypeError:  # a Synapse whose logcontexts name no server
+        context = logging_context(RUN_PROCESS_NAME)
+
+    async def named() -> None:
+        with context:
+            await body()
+
     with PreserveLoggingContext():
-        return run()
+        defer.ensureDeferred(named())
 
 
 def _background(

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 from synapse.api.errors import AuthError, Codes, SynapseError
 from synapse.http.server import DirectServeJsonResource, finish_request
 
+from synapse_fedhealth import homeserver
+from synapse_fedhealth.remote_text import clean_json
 from synapse_fedhealth.render.text import render_text
 from synapse_fedhealth.report import Report
 
@@ -63,7 +65,7 @@ class FedHealthResource(DirectServeJsonResource):
         # Raises MissingClientTokenError (401 M_MISSING_TOKEN) or
         # InvalidClientTokenError (401 M_UNKNOWN_TOKEN).
         requester = await self._api.get_user_by_req(request)
-        if not await self._api.is_user_admin(requester.user.to_string()):
+        if not await homeserver.is_server_admin(self._api, requester):
             raise AuthError(403, "You are not a server admin", Codes.FORBIDDEN)
 
     async def _async_render_GET(
@@ -88,4 +90,6 @@ class FedHealthResource(DirectServeJsonResource):
             finish_request(request)
             return None
         request.setHeader(b"Cache-Control", b"no-store")  # type: ignore[no-untyped-call]
-        return 200, report.to_json()
+        # Last resort: Synapse encodes JSON as UTF-8, which a lone surrogate
+        # in any value would turn into a 500.
+        return 200, clean_json(report.to_json())

@@ -11,7 +11,8 @@ directly with fakes; the facade builds it from Synapse's `ModuleApi`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from twisted.internet import defer
 
@@ -52,7 +53,7 @@ class FedHealthService:
         runs_network: bool,
         user_agent: str,
         start_run: Callable[
-            [Callable[[], defer.Deferred[Report]]], defer.Deferred[Report]
+            [Callable[[], Coroutine[Any, Any, Report]]], defer.Deferred[Report]
         ]
         | None = None,
     ) -> None:
@@ -65,7 +66,7 @@ class FedHealthService:
         self._families = families
         self._runs_network = runs_network
         self._user_agent = user_agent
-        self._start = start_run or (lambda run: run())
+        self._start = start_run or (lambda run: defer.ensureDeferred(run()))
         # Which of our listeners the public path reaches, once a run showed it.
         self._public_listener_index: int | None = None
         self._transitions = TransitionLogger()
@@ -177,7 +178,7 @@ class FedHealthService:
         return self._config.timeout_s
 
     def _start_run(self) -> defer.Deferred[Report]:
-        return self._start(lambda: defer.ensureDeferred(self.make_runner().run()))
+        return self._start(lambda: self.make_runner().run())
 
     def _on_report(self, report: Report) -> None:
         record_report(report, report.facts.cert_expiry)

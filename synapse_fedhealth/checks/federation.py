@@ -7,6 +7,7 @@ from typing import Any
 from synapse_fedhealth.checks.discovery import Target
 from synapse_fedhealth.checks.http_answer import parse_json_object
 from synapse_fedhealth.net.results import HttpResult, ProbeError
+from synapse_fedhealth.remote_text import clean_line
 from synapse_fedhealth.report import CheckResult, fail, ok, warn
 from synapse_fedhealth.signing import ServedKeys as ServedKeys
 from synapse_fedhealth.signing import parse_served_keys
@@ -100,6 +101,9 @@ def check_version(
     server = body.get("server") if body is not None else None
     name = server.get("name") if isinstance(server, dict) else None
     version = server.get("version") if isinstance(server, dict) else None
+    if isinstance(name, str) and isinstance(version, str):
+        # Remote text: cleaned where it enters the report.
+        name, version = clean_line(name), clean_line(version)
     if not isinstance(name, str) or not isinstance(version, str):
         details["reason"] = "invalid"
         return (

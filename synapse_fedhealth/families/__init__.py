@@ -15,6 +15,7 @@ from synapse_fedhealth.families.network import NetworkFamily
 from synapse_fedhealth.families.outside import EchoNonces, OutsideViewFamily
 from synapse_fedhealth.runner import CheckFamily, SkippedFamily
 from synapse_fedhealth.settings import RunSettings
+from synapse_fedhealth.third_party import ThirdPartyAnswers
 from synapse_fedhealth.wiring import RunIO
 
 if TYPE_CHECKING:
@@ -39,9 +40,11 @@ class DefaultFamilies:
         snapshot: HomeserverSnapshot,
         *,
         echo: EchoNonces | None,
+        third_parties: ThirdPartyAnswers | None = None,
     ) -> None:
         self._snapshot = snapshot
         self._echo = echo
+        self._third_parties = third_parties
 
     def first(self, io: RunIO, settings: RunSettings) -> Sequence[CheckFamily]:
         return [
@@ -72,7 +75,11 @@ class DefaultFamilies:
         return [
             TargetInsiderFamily(io, self._snapshot, network),
             NotaryFamily(
-                io, self._snapshot, network, notary_check=settings.notary_check
+                io,
+                self._snapshot,
+                network,
+                notary_check=settings.notary_check,
+                third_parties=self._third_parties,
             ),
         ]
 

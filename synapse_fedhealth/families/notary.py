@@ -4,14 +4,17 @@ fetched that response from our public addresses.
 
 A notary is found as a Synapse peer finds it, with the same resolution, and
 asked once: one discovery and one POST per notary, no probe of its
-addresses.
+addresses. A notary is a third party: it is asked a given question at most
+once a minute (`third_party.ThirdPartyAnswers`); a run inside that minute
+reuses the last answer and says its age in `details.age_ms`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
+import attr
 from twisted.internet import defer
 
 from synapse_fedhealth.check_ids import Family, ids_of
@@ -30,6 +33,7 @@ from synapse_fedhealth.families.outside import MAX_BODY, error_kind
 from synapse_fedhealth.homeserver import HomeserverSnapshot, TrustedKeyServerInfo
 from synapse_fedhealth.report import CheckResult
 from synapse_fedhealth.runner import FamilyOutcome
+from synapse_fedhealth.third_party import ThirdPartyAnswers
 from synapse_fedhealth.wiring import RunIO
 
 
@@ -44,7 +48,11 @@ class NotaryFamily:
         network: NetworkFindings,
         *,
         notary_check: bool,
+        third_parties: ThirdPartyAnswers | None = None,
     ) -> None:
+        """`third_parties` is shared by the runs of a process; without it
+        every run asks afresh (the `check` command's single run)."""
+        self._third_parties = third_parties
         self._io = io
         self._snapshot = snapshot
         self._network = network
@@ -63,7 +71,7 @@ class NotaryFamily:
             )
         return FamilyOutcome(checks=tuple(results))
 
-    def _minimum_valid_until_ts(self) -> int:
+    def _minimum_valid_until_ts(self) -> tuple[int, bool]:
         """Ask for the key response we serve now.
 
         Synapse's notary answers from its cache only when the cached copy is
@@ -75,16 +83,37 @@ class NotaryFamily:
         """
         current = current_served_valid_until(self._network, self._snapshot.server_name)
         if current is not None:
-            return current
+            return current, True
         return notary_minimum_valid_until_ts(
             int(self._io.wall_clock() * 1000), self._snapshot.key_refresh_interval_ms
-        )
+        ), False
 
     async def _ask(
         self, notary: TrustedKeyServerInfo, deadline: Deadline
     ) -> CheckResult:
+        minimum, served = self._minimum_valid_until_ts()
+        if self._third_parties is None:
+            return await self._ask_now(notary, minimum, deadline)
+        # The question: which of our keys, valid until when. A minimum
+        # computed from the clock differs every run, so it is not part of it.
+        question: Hashable = (
+            "notary",
+            notary.server_name,
+            self._snapshot.server_name,
+            self._snapshot.signing_keys[0].key_id,
+            minimum if served else "clock",
+        )
+        answer = await self._third_parties.ask(
+            question, lambda: self._ask_now(notary, minimum, deadline)
+        )
+        return attr.evolve(
+            answer.value, details={**answer.value.details, "age_ms": answer.age_ms}
+        )
+
+    async def _ask_now(
+        self, notary: TrustedKeyServerInfo, minimum: int, deadline: Deadline
+    ) -> CheckResult:
         key = self._snapshot.signing_keys[0]
-        minimum = self._minimum_valid_until_ts()
         found = await self._resolver.resolve(
             notary.server_name, deadline.share(NOTARY_DISCOVERY_SHARE)
         )

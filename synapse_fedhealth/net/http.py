@@ -34,6 +34,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.python.failure import Failure
+from twisted.web._newclient import HEADER, STATUS, HTTP11ClientProtocol
 from twisted.web.client import (
     URI,
     Agent,
@@ -41,6 +42,7 @@ from twisted.web.client import (
     HTTPConnectionPool,
     ResponseFailed,
 )
+from twisted.web.client import _HTTP11ClientFactory as _TwistedClientFactory
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
@@ -61,6 +63,7 @@ from synapse_fedhealth.net.tls import (
     TrustStore,
     classify_connect_error,
 )
+from synapse_fedhealth.remote_text import clean_line
 
 WELL_KNOWN_MAX_SIZE = 50 * 1024  # 50 KiB, as Synapse's well-known resolver
 DEFAULT_MAX_BODY_SIZE = 256 * 1024  # 256 KiB: generous for keys/version answers
@@ -69,6 +72,12 @@ MAX_REDIRECTS = 20
 REDIRECT_CODES = (301, 302, 303, 307, 308)
 MAX_HEADERS_KEPT = 64
 MAX_ADDRESSES_TRIED = 4
+# Twisted's client keeps every header line and folded continuation line of a
+# response head; its only limit is 16 KiB per line. A peer streaming header
+# lines would grow the homeserver's memory until the probe's timeout, so the
+# head of each response is bounded: lines and bytes.
+MAX_RESPONSE_HEADERS = 100
+MAX_RESPONSE_HEAD_BYTES = 64 * 1024
 
 # `HttpResult.error` kinds, by their old names.
 ERR_TIMEOUT = ProbeError.TIMEOUT
@@ -78,6 +87,7 @@ ERR_NO_ADDRESS = ProbeError.NO_ADDRESS
 ERR_TLS = ProbeError.TLS
 ERR_CERTIFICATE = ProbeError.CERTIFICATE
 ERR_TOO_LARGE = ProbeError.TOO_LARGE
+ERR_HEADERS_TOO_LARGE = ProbeError.HEADERS_TOO_LARGE
 ERR_TRUNCATED = ProbeError.TRUNCATED
 ERR_REDIRECT_LOOP = ProbeError.REDIRECT_LOOP
 ERR_REDIRECT_SCHEME = ProbeError.REDIRECT_SCHEME
@@ -123,6 +133,67 @@ class BodyTooLarge(Exception):
 
 class BodyTruncated(Exception):
     pass
+
+
+class HeadersTooLarge(Exception):
+    pass
+
+
+_HEAD_STATES = (STATUS, HEADER)
+
+
+def _header_count(headers: Headers) -> int:
+    return sum(len(values) for _, values in headers.getAllRawHeaders())
+
+
+class _HeadBoundedClientProtocol(HTTP11ClientProtocol):
+    """Twisted's HTTP/1.1 client protocol, with the response head bounded.
+
+    The parser consumes what it is given at once, so whatever it was fed
+    while it stayed in the head (status line, header lines, continuations)
+    counts as head bytes; the memory held is at most the bound plus one
+    read. A head over the bounds drops the connection and fails the
+    request with `HeadersTooLarge`.
+    """
+
+    _head_bytes = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        parser = self._parser
+        in_head = parser is not None and parser.state in _HEAD_STATES
+        super().dataReceived(data)  # type: ignore[no-untyped-call]
+        if (
+            parser is None
+            or not in_head
+            or self._parser is not parser
+            or parser.state not in _HEAD_STATES
+        ):
+            return  # the head ended in this read, or the request failed
+        self._head_bytes += len(data)
+        count = _header_count(parser.headers) + _header_count(parser.connHeaders)
+        if self._head_bytes > MAX_RESPONSE_HEAD_BYTES or count > MAX_RESPONSE_HEADERS:
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            self._giveUp(  # type: ignore[no-untyped-call]
+                Failure(
+                    HeadersTooLarge(
+                        "the response head is larger than we read "
+                        f"({count} header lines, {self._head_bytes} bytes so far; "
+                        f"at most {MAX_RESPONSE_HEADERS} lines and "
+                        f"{MAX_RESPONSE_HEAD_BYTES // 1024} KiB)"
+                    )
+                )
+            )
+
+
+class _HeadBoundedClientFactory(_TwistedClientFactory):
+    def buildProtocol(self, addr: Any) -> HTTP11ClientProtocol:
+        return _HeadBoundedClientProtocol(self._quiescentCallback)  # type: ignore[no-untyped-call]
+
+
+class _HeadBoundedPool(HTTPConnectionPool):
+    """A pool whose connections bound the response head (see above)."""
+
+    _factory = _HeadBoundedClientFactory
 
 
 class _BoundedBodyCollector(TwistedProtocol):
@@ -425,7 +496,7 @@ class ProbeHttpClient:
     def _make_agent(self, endpoint: Any) -> Any:
         if self._agent_factory is not None:
             return self._agent_factory(endpoint)
-        pool = HTTPConnectionPool(self._reactor, persistent=False)
+        pool = _HeadBoundedPool(self._reactor, persistent=False)  # type: ignore[no-untyped-call]
         return Agent.usingEndpointFactory(
             self._reactor, _FixedEndpointFactory(endpoint), pool=pool
         )
@@ -489,6 +560,12 @@ def _redirect_target(
         raise _Refused(
             ERR_BAD_REDIRECT, f"HTTP {status} redirect without a Location header"
         )
+    if clean_line(location) != location:
+        raise _Refused(
+            ERR_BAD_REDIRECT,
+            f"HTTP {status} redirect to a URL with control characters: "
+            f"{clean_line(location)[:300]}",
+        )
     next_url = urllib.parse.urljoin(url, location)
     state.redirects.append(RedirectHop(url=url, status=status, location=next_url))
     # Don't read the redirect body: drop the connection.
@@ -531,8 +608,8 @@ def _headers_dict(headers: Headers) -> dict[str, tuple[str, ...]]:
     for name, values in headers.getAllRawHeaders():
         if len(out) >= MAX_HEADERS_KEPT:
             break
-        out[name.decode("latin-1").lower()] = tuple(
-            v.decode("latin-1")[:1000] for v in values[:8]
+        out[clean_line(name.decode("latin-1").lower())] = tuple(
+            clean_line(v.decode("latin-1")[:1000]) for v in values[:8]
         )
     return out
 
@@ -563,6 +640,8 @@ def classify_failure(exc: BaseException) -> tuple[ProbeError, str, str | None]:
         return ERR_NO_ADDRESS, str(cause), None
     if isinstance(cause, BodyTooLarge):
         return ERR_TOO_LARGE, str(cause), None
+    if isinstance(cause, HeadersTooLarge):
+        return ERR_HEADERS_TOO_LARGE, str(cause), None
     if isinstance(cause, BodyTruncated):
         return ERR_TRUNCATED, str(cause), None
     if isinstance(
@@ -611,10 +690,10 @@ def _ssl_message(e: BaseException) -> str:
             str(item[2]) for item in args if isinstance(item, tuple) and len(item) == 3
         ]
         if parts:
-            return ", ".join(parts)[:300]
+            return clean_line(", ".join(parts))[:300]
     return _short(e)
 
 
 def _short(e: BaseException, limit: int = 300) -> str:
-    text = str(e) or type(e).__name__
+    text = clean_line(str(e) or type(e).__name__)
     return text if len(text) <= limit else text[:limit] + "…"

@@ -116,6 +116,9 @@ class ProbeError(StrEnum):
     TLS = "tls"  # handshake failed (garbage, protocol mismatch, plain HTTP)
     CERTIFICATE = "certificate"  # our verification refused the chain; see tls_reason
     TOO_LARGE = "too_large"
+    # More header lines or header bytes than MAX_RESPONSE_HEADERS /
+    # MAX_RESPONSE_HEAD_BYTES (net/http.py): the response head never ended.
+    HEADERS_TOO_LARGE = "headers_too_large"
     TRUNCATED = "truncated"  # the connection closed in the middle of the body
     REDIRECT_LOOP = "redirect_loop"
     REDIRECT_SCHEME = "redirect_scheme"

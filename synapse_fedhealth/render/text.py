@@ -6,6 +6,7 @@ import shutil
 import textwrap
 import time
 
+from synapse_fedhealth.remote_text import clean_line, clean_text
 from synapse_fedhealth.report import CheckResult, Report, Status, Verdict
 
 _STATUS_LABEL = {
@@ -27,7 +28,9 @@ def problem_line(check: CheckResult) -> str:
         line += f" Fix: {first.strip()}"
         if rest.strip() and check.docs not in first:
             line += f" (example in {check.docs})"
-    return line
+    # Last resort: remote text is cleaned where it enters, but a log line
+    # must stay one writable line whatever a check put in it.
+    return clean_line(line)
 
 
 def summary_line(report: Report) -> str:
@@ -79,7 +82,8 @@ def render_text(report: Report, *, width: int | None = None) -> str:
                 lines.append(indent + ("fix: " if i == 0 else "     ") + fix_line)
     lines.append("")
     lines.append(summary_line(report))
-    return "\n".join(lines) + "\n"
+    # Last resort: the page, the CLI and a terminal must survive any value.
+    return clean_text("\n".join(lines) + "\n")
 
 
 def _wrap_keeping_lines(text: str, width: int) -> list[str]:

@@ -58,6 +58,7 @@ from .hostile_servers import (
     drip_body,
     drip_headers,
     endless_body,
+    endless_headers,
     garbage,
     garbage_reply,
     headers_then_nothing,
@@ -401,6 +402,12 @@ SCENARIOS: tuple[Scenario, ...] = (
        well_known(drip_headers()), WK, FAIL, "timeout"),
     _s("wk_slowloris_body", "http", "well-known: body dripped 1 byte/s",
        well_known(drip_body()), WK, FAIL, "timeout"),
+    _s("wk_endless_headers", "http", "well-known: endless distinct 1 KiB header lines, full speed",
+       well_known(endless_headers()), WK, FAIL, "headers_too_large"),
+    _s("wk_endless_continuations", "http", "well-known: one header with endless continuation lines",
+       well_known(endless_headers(folded=True)), WK, FAIL, "headers_too_large"),
+    _s("keys_endless_headers", "http", "keys: endless distinct header lines, full speed",
+       federation(keys=lambda name: endless_headers()), KEYS, FAIL, "headers_too_large"),
     _s("wk_endless_body", "http", "well-known: endless body (no length, read as fast as possible)",
        well_known(endless_body()), WK, FAIL, "too_large"),
     _s("wk_endless_chunked", "http", "well-known: endless chunked body",
@@ -457,6 +464,9 @@ SCENARIOS: tuple[Scenario, ...] = (
        federation(version=endless_body()), VER, FAIL, "too_large"),
     _s("ver_close_mid_body", "http", "version: connection closed mid-body",
        federation(version=close_mid_body()), VER, FAIL, "truncated"),
+    _s("ver_hostile_name", "json", "version: name with a lone surrogate, ANSI escapes and a newline",
+       federation(version=respond(b'{"server": {"name": "Syn\\ud800\\u001b[2J\\nfedhealth FORGED", "version": "1\\u202e"}}')),
+       VER, OK, None),
     _s("ver_redirect", "http", "version: 308 redirect (peers don't follow)",
        federation(version=redirect("https://elsewhere.test/", 308)), VER, FAIL, "http_status"),
     _s("ver_deep_json", "json", "version: JSON nested 25,000 deep",
@@ -712,6 +722,7 @@ async def run_scenario(
             # As the endpoint renders it, and strictly (no NaN/Infinity).
             report_json = json.dumps(report.to_json(), indent=2)
             json.dumps(report.to_json(), allow_nan=False)
+            problems.extend(_unwritable_outputs(report))
         return Measured(
             scenario=scenario,
             findings=findings,
@@ -722,6 +733,34 @@ async def run_scenario(
         )
     finally:
         lab.close()
+
+
+def _unwritable_outputs(report: Report) -> list[str]:
+    """What remote text would break: the JSON as Synapse encodes it, the
+    text page (and CLI), the log lines; each must encode as UTF-8 without a
+    control character other than the text's own newlines."""
+    from synapse.util.json import json_encoder
+
+    from synapse_fedhealth.remote_text import clean_json
+    from synapse_fedhealth.render.text import problem_line, render_text
+
+    outputs = {
+        "json": json_encoder.encode(clean_json(report.to_json())),
+        "text": render_text(report, width=100),
+        **{f"log {c.id}": problem_line(c) for c in report.checks},
+    }
+    broken = []
+    for name, text in outputs.items():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            broken.append(f"{name} output cannot be encoded: {e}")
+            continue
+        if any(ord(c) < 0x20 and c != "\n" or 0x7F <= ord(c) <= 0x9F for c in text):
+            broken.append(f"{name} output holds a control character")
+        if name.startswith("log") and "\n" in text:
+            broken.append(f"{name} is more than one line")
+    return broken
 
 
 def format_table(rows: list[Measured]) -> str:

@@ -339,6 +339,25 @@ def drip_headers(interval_s: float = 1.0) -> HttpHandler:
     return handle
 
 
+def endless_headers(*, folded: bool = False) -> HttpHandler:
+    """A response head that never ends, as fast as the client reads: distinct
+    1 KiB header lines, or (`folded`) one header continued by endless
+    continuation lines."""
+    filler = b"h" * 1000
+
+    def handle(conn: Conn, path: str) -> None:
+        if not conn.send(b"HTTP/1.1 200 OK\r\nX-Start: 1\r\n"):
+            return
+        i = 0
+        while True:
+            line = b" " + filler if folded else b"X-Flood-%d: " % i + filler
+            if not conn.send(line + b"\r\n"):
+                return
+            i += 1
+
+    return handle
+
+
 def drip_body(interval_s: float = 1.0) -> HttpHandler:
     """Slowloris: a valid head, then the body one byte per interval."""
 

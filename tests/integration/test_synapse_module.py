@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -306,12 +307,27 @@ def test_lint_exit_2_for_a_missing_file(tmp_path: Path) -> None:
 # -- last: the shared Synapse's log after everything above ------------------
 
 
+# A line of the module's logger, with the logcontext (`%(request)s`) it
+# was logged from.
+MODULE_LINE_RE = re.compile(
+    r" - synapse_fedhealth(?:\.[\w.]+)? - \d+ - \w+ - (?P<context>[^ ]*) - (?P<message>.*)$",
+    re.MULTILINE,
+)
+
+
 def test_synapse_log_is_clean(synapse: RunningSynapse) -> None:
     # Let the start-up run finish first, so its log lines are in.
     synapse.process.wait_for_log(SUMMARY_RE, SUMMARY_WAIT_S)
     log = synapse.process.log_text() + synapse.process.output_text()
     assert logcontext_errors(log) == []
     assert tracebacks_from_us(log) == []
+    # Every run is a named background process: no module line comes from
+    # the sentinel logcontext, and the summary names its run.
+    lines = [m.groupdict() for m in MODULE_LINE_RE.finditer(log)]
+    assert [ln for ln in lines if ln["context"] == "sentinel"] == []
+    summaries = [ln for ln in lines if ln["message"].startswith("federation ")]
+    assert summaries, log[-3000:]
+    assert all(ln["context"].startswith("fedhealth_run-") for ln in summaries)
 
 
 # -- the demo command (README: bash .ci/demo) ---------------------------------

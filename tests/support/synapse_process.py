@@ -54,12 +54,12 @@ LOG_FORMAT = (
 
 # One log line of the `synapse_fedhealth` logger (or a child) at WARNING.
 FEDHEALTH_WARNING_RE = re.compile(
-    r"^\S+ \S+ - synapse_fedhealth(?:\.[\w.]+)? - \d+ - WARNING - [^-]*- (?P<message>.*)$",
+    r"^\S+ \S+ - synapse_fedhealth(?:\.[\w.]+)? - \d+ - WARNING - \S* - (?P<message>.*)$",
     re.MULTILINE,
 )
 # The summary line of a network run (SPEC 2.3).
 SUMMARY_RE = re.compile(
-    r" - synapse_fedhealth(?:\.[\w.]+)? - \d+ - \w+ - [^-]*- (?P<summary>federation (?:OK|BROKEN)\b.*)$",
+    r" - synapse_fedhealth(?:\.[\w.]+)? - \d+ - \w+ - \S* - (?P<summary>federation (?:OK|BROKEN)\b.*)$",
     re.MULTILINE,
 )
 

@@ -88,6 +88,18 @@ def _service(family: CheckFamily, **config: Any) -> FedHealthService:
     )
 
 
+def _mock_api() -> mock.Mock:
+    """A ModuleApi whose background processes are Synapse's own."""
+    from synapse.metrics.background_process_metrics import run_as_background_process
+
+    api = mock.Mock()
+    api.server_name = "example.com"
+    api.run_as_background_process.side_effect = lambda desc, func, *args, **kwargs: (
+        run_as_background_process(desc, "example.com", func, *args, **kwargs)
+    )
+    return api
+
+
 def _module(
     monkeypatch: pytest.MonkeyPatch,
     *,
@@ -100,8 +112,7 @@ def _module(
     monkeypatch.setattr(homeserver, "snapshot_of", lambda api: snapshot or _snapshot())
     monkeypatch.setattr(homeserver, "user_agent_of", lambda api: "Synapse/test")
     monkeypatch.setattr(homeserver, "may_have_workers", lambda api: False)
-    api = mock.Mock()
-    api.server_name = "example.com"
+    api = _mock_api()
     api.should_run_background_tasks.return_value = background
     config = parse_fedhealth_config(
         raw_config or {"startup_delay": "2s", "interval": "1h"}
@@ -175,8 +186,7 @@ def test_unreadable_synapse_config_does_not_crash(
     reactor = MemoryReactorClock()
     monkeypatch.setattr(homeserver, "reactor_of", lambda api: reactor)
     monkeypatch.setattr(homeserver, "snapshot_of", broken)
-    api = mock.Mock()
-    api.server_name = "example.com"
+    api = _mock_api()
     module = FedHealthModule(parse_fedhealth_config({}), api)
     report = _report_now(module)
     assert report.verdict.value == "broken"
@@ -198,8 +208,7 @@ def test_report_runs_family_and_caches() -> None:
 def _report_now(
     module: FedHealthModule | FedHealthService, refresh: bool = False
 ) -> Report:
-    service = module.service if isinstance(module, FedHealthModule) else module
-    d: defer.Deferred[Report] = service.get_report(refresh)
+    d: defer.Deferred[Report] = module.get_report(refresh)
     results: list[Report] = []
     d.addCallback(results.append)
     assert results, "the run should finish synchronously with fakes"
