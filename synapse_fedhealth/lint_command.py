@@ -62,7 +62,7 @@ def main_lint(args: argparse.Namespace) -> int:
         parse_fedhealth_config,
     )
     from synapse_fedhealth.homeserver import module_entry_config, snapshot_from_raw
-    from synapse_fedhealth.render.text import render_text
+    from synapse_fedhealth.render.text import render_for_terminal
 
     started = time.time()
     try:
@@ -110,6 +110,6 @@ def main_lint(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
-        sys.stdout.write(render_text(report))
+        sys.stdout.write(render_for_terminal(report, sys.stdout))
     worst = max((c.status.severity for c in checks), default=0)
     return EXIT_FAIL if worst >= Status.FAIL.severity else EXIT_OK

@@ -190,7 +190,7 @@ def test_startup_warns_about_x_forwarded(synapse: RunningSynapse) -> None:
         if w.startswith("config.x_forwarded:")
     ]
     assert lines, synapse.process.fedhealth_warnings()
-    assert all(" Fix: " in line for line in lines)
+    assert all("; fix: " in line for line in lines)
 
 
 def test_startup_warns_about_a_missing_federation_listener(
@@ -201,7 +201,7 @@ def test_startup_warns_about_a_missing_federation_listener(
     assert "config.federation_listener" in by_id, warnings
     assert "config.x_forwarded" in by_id, warnings
     for check_id in ("config.federation_listener", "config.x_forwarded"):
-        assert " Fix: " in by_id[check_id]
+        assert "; fix: " in by_id[check_id]
 
 
 def test_startup_summary_of_the_broken_config(broken_synapse: SynapseProcess) -> None:
