@@ -149,12 +149,17 @@ def render_text(
             lines.append(head + summary[0])
             lines.extend(indent + rest for rest in summary[1:])
         if check.fix and check.status in (Status.WARN, Status.FAIL):
+            # Under the status column rather than the summary's: snippets
+            # need the room.
+            fix_indent = " " * _STACKED_INDENT
             for i, fix_line in enumerate(
-                _wrap_keeping_lines(check.fix, summary_width - 5)
+                _wrap_keeping_lines(check.fix, width - _STACKED_INDENT - 5)
             ):
-                lines.append(indent + ("fix: " if i == 0 else "     ") + fix_line)
+                lines.append(fix_indent + ("fix: " if i == 0 else "     ") + fix_line)
     lines.append("")
-    lines.append(_paint(summary_line(report), _VERDICT_STATUS[report.verdict], colour))
+    verdict_status = _VERDICT_STATUS[report.verdict]
+    for part in textwrap.wrap(summary_line(report), width, subsequent_indent="  "):
+        lines.append(_paint(part, verdict_status, colour))
     return "\n".join(lines) + "\n"
 
 
