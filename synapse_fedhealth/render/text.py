@@ -133,7 +133,10 @@ def render_text(
     indent = " " * prefix_width
     for check in report.checks:
         label = _paint(f"{_STATUS_LABEL[check.status]:<4}", check.status, colour)
-        summary = textwrap.wrap(check.summary, summary_width) or [""]
+        # Paths and host names keep their hyphens (only over-long words break).
+        summary = textwrap.wrap(
+            check.summary, summary_width, break_on_hyphens=False
+        ) or [""]
         if stacked:
             head = f"{label}  {check.id}"
             if check.target and 6 + len(check.id) + 2 + len(check.target) <= width:
