@@ -10,13 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from synapse.api.errors import (
-    AuthError,
-    Codes,
-    InvalidClientTokenError,
-    MissingClientTokenError,
-    SynapseError,
-)
+from synapse.api.errors import AuthError, Codes, SynapseError
 from synapse.http.server import DirectServeJsonResource, finish_request
 from synapse.logging.context import make_deferred_yieldable
 from twisted.internet import defer
@@ -85,10 +79,11 @@ class FedHealthResource(DirectServeJsonResource):
     ) -> tuple[int, Any] | None:
         try:
             await self._require_admin(request)
-        except (MissingClientTokenError, InvalidClientTokenError) as e:
+        except SynapseError as e:
             # A browser asking for the page gets a page with the token form,
-            # not a JSON error; with the same 401 status.
-            if _query_arg(request, "format") != "html":
+            # not a JSON error; with the same status (401, or 403 for a user
+            # who is not a server admin).
+            if e.code not in (401, 403) or _query_arg(request, "format") != "html":
                 raise
             _write_html(request, e.code, render_sign_in(e.msg))
             return None

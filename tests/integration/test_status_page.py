@@ -12,6 +12,7 @@ page shows: the verdict, every check id and each fix. The page's own headers
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import shutil
@@ -227,6 +228,15 @@ def test_browser_without_token_gets_the_sign_in_form(
     assert _header(response.headers, "Content-Type") == "text/html; charset=utf-8"
     dom = chromium(f"{hs.base_url}/_synapse/fedhealth?format=html", "--dump-dom")
     assert re.search(r'<input[^>]*type="password"[^>]*name="access_token"', dom), dom
+    # A wrong token: the same form, saying why.
+    bad = http_request(
+        f"{hs.base_url}/_synapse/fedhealth?format=html&access_token=syt_wrong"
+    )
+    why = http_request(f"{hs.base_url}/_synapse/fedhealth?access_token=syt_wrong")
+    assert why.status == bad.status == 401
+    assert why.json()["errcode"] == "M_UNKNOWN_TOKEN"
+    assert html.escape(why.json()["error"]) in bad.text
+    assert "syt_wrong" not in bad.text
     # JSON clients keep the Matrix error.
     plain = http_request(f"{hs.base_url}/_synapse/fedhealth")
     assert plain.status == 401 and plain.json()["errcode"] == "M_MISSING_TOKEN"
