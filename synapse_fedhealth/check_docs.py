@@ -9,10 +9,21 @@ shows each entry itself.
 from __future__ import annotations
 
 import functools
+import pathlib
 import re
 from importlib import resources
 
 _ENTRY_HEADING = re.compile(r"^### `([a-z_.]+)`\s*$", re.MULTILINE)
+
+
+def installed_docs_path() -> str | None:
+    """Where checks.md is on this machine (an ordinary install unpacks it),
+    for text output to point at; None when the package is not on disk."""
+    path = resources.files("synapse_fedhealth").joinpath("_docs/checks.md")
+    # Only a file on disk has a path to give (not one inside a zip import).
+    if not isinstance(path, pathlib.Path) or not path.is_file():
+        return None
+    return str(path)
 
 
 @functools.lru_cache(maxsize=1)

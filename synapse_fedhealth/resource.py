@@ -15,7 +15,7 @@ from synapse.http.server import DirectServeJsonResource, finish_request
 from synapse.logging.context import make_deferred_yieldable
 from twisted.internet import defer
 
-from synapse_fedhealth.check_docs import check_docs
+from synapse_fedhealth.check_docs import check_docs, installed_docs_path
 from synapse_fedhealth.render.html import (
     CONTENT_SECURITY_POLICY,
     render_html,
@@ -99,7 +99,9 @@ class FedHealthResource(DirectServeJsonResource):
                 request,
                 200,
                 b"text/plain; charset=utf-8",
-                render_text(report, width=TEXT_WIDTH).encode("utf-8"),
+                render_text(
+                    report, width=TEXT_WIDTH, docs_path=installed_docs_path()
+                ).encode("utf-8"),
             )
             return None
         if output == "html":

@@ -93,8 +93,13 @@ def terminal_width(stream: TextIO) -> int:
 def render_for_terminal(report: Report, stream: TextIO) -> str:
     """The text report for a command's output stream: 80 columns (fewer on a
     narrower terminal), coloured only on a terminal."""
+    from synapse_fedhealth.check_docs import installed_docs_path
+
     return render_text(
-        report, width=terminal_width(stream), colour=wants_colour(stream)
+        report,
+        width=terminal_width(stream),
+        colour=wants_colour(stream),
+        docs_path=installed_docs_path(),
     )
 
 
@@ -103,10 +108,16 @@ def _paint(text: str, status: Status, colour: bool) -> str:
 
 
 def render_text(
-    report: Report, *, width: int = TEXT_WIDTH, colour: bool = False
+    report: Report,
+    *,
+    width: int = TEXT_WIDTH,
+    colour: bool = False,
+    docs_path: str | None = None,
 ) -> str:
     """The report as an aligned plain-text table, at most `width` columns
-    (colour codes, when asked for, take no columns)."""
+    (colour codes, when asked for, take no columns). `docs_path`: the
+    installed checks.md, named under the problems so the `docs/checks.md#…`
+    references lead somewhere on this machine."""
     generated = time.strftime(
         "%Y-%m-%d %H:%M:%S UTC", time.gmtime(report.generated_at / 1000)
     )
@@ -160,6 +171,16 @@ def render_text(
             ):
                 lines.append(fix_indent + ("fix: " if i == 0 else "     ") + fix_line)
     lines.append("")
+    if docs_path and report.problems():
+        lines.extend(
+            textwrap.wrap(
+                f"Each check is explained, with its fix, under its id in "
+                f"docs/checks.md, installed with the module as {docs_path}",
+                width,
+                break_on_hyphens=False,
+            )
+        )
+        lines.append("")
     verdict_status = _VERDICT_STATUS[report.verdict]
     for part in textwrap.wrap(summary_line(report), width, subsequent_indent="  "):
         lines.append(_paint(part, verdict_status, colour))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import re
+from pathlib import Path
 
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
@@ -16,6 +17,7 @@ from synapse_fedhealth.check_command import (
     OUTSIDER_NOTE,
     Progress,
 )
+from synapse_fedhealth.check_docs import installed_docs_path
 from synapse_fedhealth.render.text import (
     TEXT_WIDTH,
     problem_line,
@@ -28,6 +30,7 @@ from synapse_fedhealth.report import skip as skipped
 from synapse_fedhealth.settings import RunSettings
 from tests.unit.fakes import report_of
 
+ROOT = Path(__file__).resolve().parents[2]
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -138,3 +141,14 @@ class ProgressTest(SynchronousTestCase):
         reactor.advance(3)
         progress.stop()
         assert stream.getvalue() == ""
+
+
+def test_text_names_the_installed_docs_when_there_is_a_problem() -> None:
+    path = installed_docs_path()
+    assert path is not None and path.endswith("synapse_fedhealth/_docs/checks.md")
+    assert Path(path).read_text() == (ROOT / "docs" / "checks.md").read_text()
+    text = render_text(WIDE, docs_path=path)
+    assert path in "".join(text.split())
+    assert max(len(line) for line in text.splitlines()) <= TEXT_WIDTH
+    healthy = report_of(ok("federation.version", "Synapse 1.163"))
+    assert "docs/checks.md" not in render_text(healthy, docs_path=path)
