@@ -61,6 +61,9 @@ ensure_test_tools() {
     command -v nft >/dev/null || [ -x /usr/sbin/nft ] || missing+=(nftables)
     command -v ip >/dev/null || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing+=(iproute2)
     command -v openssl >/dev/null || missing+=(openssl)
+    # tests/integration/test_status_page.py renders the HTML status page in
+    # headless Chromium (screenshots and --dump-dom).
+    command -v chromium >/dev/null || missing+=(chromium)
     # promtool validates and unit-tests contrib/prometheus (the service is
     # not started: apt_install blocks service starts).
     command -v promtool >/dev/null || missing+=(prometheus)

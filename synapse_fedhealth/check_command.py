@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from synapse_fedhealth._version import __version__
 from synapse_fedhealth.check_ids import ids_needing_more_than_outside_view
@@ -124,17 +124,50 @@ def main_check(argv_namespace: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_json(), indent=2, sort_keys=False))
     else:
-        print(_render_text(report))
+        from synapse_fedhealth.render.text import render_for_terminal
+
+        sys.stdout.write(render_for_terminal(report, sys.stdout))
     return EXIT_OK if report.federation_ok else EXIT_BROKEN
 
 
-def _render_text(report: Any) -> str:
-    try:
-        from synapse_fedhealth.render.text import render_text
-    except ImportError:
-        return json.dumps(report.to_json(), indent=2)
-    text: str = render_text(report)
-    return text
+class Progress:
+    """`checking NAME: 1.2 s (at most 10 s)` on stderr while the run is in
+    flight, on a terminal only; cleared at the end so the report starts at
+    column 0."""
+
+    INTERVAL_S = 0.2
+
+    def __init__(self, reactor: Any, stream: TextIO, settings: RunSettings) -> None:
+        from twisted.internet import task
+
+        from synapse_fedhealth.render.text import is_terminal
+
+        self._reactor = reactor
+        self._stream = stream
+        self._server_name = settings.server_name
+        self._timeout_s = settings.timeout_s
+        self._started = reactor.seconds()
+        self._loop: task.LoopingCall | None = None
+        if is_terminal(stream):
+            self._loop = task.LoopingCall(self._draw)
+            self._loop.clock = reactor
+            self._loop.start(self.INTERVAL_S, now=True)
+
+    def _draw(self) -> None:
+        elapsed = self._reactor.seconds() - self._started
+        line = (
+            f"checking {self._server_name}: {elapsed:.1f} s "
+            f"(at most {self._timeout_s:g} s)"
+        )
+        # \r and "erase line": the next draw or the final clear overwrites it.
+        self._stream.write("\r\x1b[K" + line[:79])
+        self._stream.flush()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+            self._stream.write("\r\x1b[K")
+            self._stream.flush()
 
 
 def _run_in_reactor(settings: RunSettings) -> Report:
@@ -147,11 +180,16 @@ def _run_in_reactor(settings: RunSettings) -> Report:
     def _main(reactor: Any) -> defer.Deferred[None]:
         io = ProcessIO(reactor)
         reactor.addSystemEventTrigger("during", "shutdown", io.stop)
+        progress = Progress(reactor, sys.stderr, settings)
+        reactor.addSystemEventTrigger("before", "shutdown", progress.stop)
 
         async def _go() -> None:
-            outcome["report"] = await build_outside_report(
-                reactor, settings, io.for_run(settings)
-            )
+            try:
+                outcome["report"] = await build_outside_report(
+                    reactor, settings, io.for_run(settings)
+                )
+            finally:
+                progress.stop()
 
         return defer.ensureDeferred(_go())
 

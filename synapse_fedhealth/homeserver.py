@@ -264,14 +264,20 @@ def snapshot_from_raw(
     server_name = raw.get("server_name")
     if not isinstance(server_name, str):
         raise ValueError("no server_name: this is not a Synapse homeserver.yaml")
+    # As Synapse's Config.load_config: the folder of the last config file
+    # holds the keys by default (`<server_name>.signing.key`), while a path
+    # given in the config is opened as written, so a relative one is relative
+    # to the directory Synapse is started in (Config.abspath is
+    # os.path.abspath; read_file opens signing_key_path and
+    # federation_custom_ca_list unchanged).
     config_dir = (
         os.path.dirname(os.path.abspath(config_files[-1])) if config_files else "."
     )
 
     def abspath(path: object) -> str | None:
-        if not isinstance(path, str):
+        if not isinstance(path, str) or not path:
             return None
-        return os.path.join(config_dir, path) if not os.path.isabs(path) else path
+        return os.path.abspath(path)
 
     worker_app = raw.get("worker_app")
     if worker_app == "synapse.app.homeserver":

@@ -55,6 +55,38 @@ def _read_config(paths: list[str]) -> tuple[dict[str, Any], list[str]]:
     return raw, files
 
 
+# Config keys holding a path that Synapse opens relative to its working
+# directory (synapse/config/_base.py: Config.abspath, read_file).
+PATH_KEYS = (
+    "signing_key_path",
+    "tls_certificate_path",
+    "tls_private_key_path",
+    "log_config",
+    "media_store_path",
+)
+RELATIVE_PATHS_NOTE = (
+    "relative paths ({keys}) are taken from the current directory, {cwd}, as "
+    "Synapse takes them from the directory it is started in: run lint there"
+)
+
+
+def _notes(raw: dict[str, Any]) -> tuple[str, ...]:
+    notes = [
+        "lint checks the config files only; the module's network checks "
+        "show whether remote servers can reach this server"
+    ]
+    relative = [
+        key
+        for key in PATH_KEYS
+        if isinstance(raw.get(key), str) and not os.path.isabs(raw[key])
+    ]
+    if relative:
+        notes.append(
+            RELATIVE_PATHS_NOTE.format(keys=", ".join(relative), cwd=os.getcwd())
+        )
+    return tuple(notes)
+
+
 def main_lint(args: argparse.Namespace) -> int:
     from synapse_fedhealth.checks.config_lint import LintSettings, lint_config
     from synapse_fedhealth.config import (
@@ -62,7 +94,7 @@ def main_lint(args: argparse.Namespace) -> int:
         parse_fedhealth_config,
     )
     from synapse_fedhealth.homeserver import module_entry_config, snapshot_from_raw
-    from synapse_fedhealth.render.text import render_text
+    from synapse_fedhealth.render.text import render_for_terminal
 
     started = time.time()
     try:
@@ -102,14 +134,11 @@ def main_lint(args: argparse.Namespace) -> int:
         generated_at=int(finished * 1000),
         duration_ms=int((finished - started) * 1000),
         vantage="offline config check",
-        notes=(
-            "lint checks the config files only; the module's network checks "
-            "show whether remote servers can reach this server",
-        ),
+        notes=_notes(raw),
     )
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
-        sys.stdout.write(render_text(report))
+        sys.stdout.write(render_for_terminal(report, sys.stdout))
     worst = max((c.status.severity for c in checks), default=0)
     return EXIT_FAIL if worst >= Status.FAIL.severity else EXIT_OK

@@ -227,7 +227,7 @@ def test_periodic_run_transitions_and_metrics(
     ]
     assert len(went_bad) == 1, text
     assert went_bad[0].endswith("(was ok)"), went_bad
-    assert " Fix: " in went_bad[0], went_bad
+    assert "; fix: " in went_bad[0], went_bad
     assert "502" in went_bad[0], went_bad
     recovered = [
         m

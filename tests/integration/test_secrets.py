@@ -240,16 +240,26 @@ def _leaks(text: str, secrets: dict[str, str]) -> list[str]:
 
 def test_no_secret_in_the_report(guarded: Guarded) -> None:
     secrets = _secrets(guarded)
-    for suffix in ("?refresh=true", "", "?format=text", "?format=text&refresh=true"):
+    for suffix in (
+        "?refresh=true",
+        "",
+        "?format=text",
+        "?format=text&refresh=true",
+        "?format=html",
+        "?format=html&refresh=true",
+    ):
         for base in (guarded.client_url, guarded.federation_url):
             response = _get(guarded, base, suffix, token=guarded.admin_token)
             assert response.status == 200, response.text
             assert _leaks(response.text, secrets) == [], (base, suffix)
             assert _leaks(repr(response.headers), secrets) == [], (base, suffix)
     # The token in the query string (SPEC 2.2 allows it) is not echoed either.
-    response = _get(guarded, guarded.client_url, f"?access_token={guarded.admin_token}")
-    assert response.status == 200
-    assert _leaks(response.text, secrets) == []
+    for query in ("", "&format=html"):
+        response = _get(
+            guarded, guarded.client_url, f"?access_token={guarded.admin_token}{query}"
+        )
+        assert response.status == 200
+        assert _leaks(response.text, secrets) == []
 
 
 def test_no_secret_in_error_answers(guarded: Guarded) -> None:

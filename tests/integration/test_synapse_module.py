@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -155,6 +156,7 @@ def test_format_text(synapse: RunningSynapse) -> None:
     assert response.headers["Content-Type"].startswith("text/plain")
     for check in report["checks"]:
         assert check["id"] in response.text
+    assert max(len(line) for line in response.text.splitlines()) <= 80
 
 
 def test_refresh_makes_a_new_report(synapse: RunningSynapse) -> None:
@@ -191,7 +193,7 @@ def test_startup_warns_about_x_forwarded(synapse: RunningSynapse) -> None:
         if w.startswith("config.x_forwarded:")
     ]
     assert lines, synapse.process.fedhealth_warnings()
-    assert all(" Fix: " in line for line in lines)
+    assert all("; fix: " in line for line in lines)
 
 
 def test_startup_warns_about_a_missing_federation_listener(
@@ -202,7 +204,7 @@ def test_startup_warns_about_a_missing_federation_listener(
     assert "config.federation_listener" in by_id, warnings
     assert "config.x_forwarded" in by_id, warnings
     for check_id in ("config.federation_listener", "config.x_forwarded"):
-        assert " Fix: " in by_id[check_id]
+        assert "; fix: " in by_id[check_id]
 
 
 def test_startup_summary_of_the_broken_config(broken_synapse: SynapseProcess) -> None:
@@ -255,7 +257,7 @@ def test_bad_module_config_stops_synapse(
 # -- the lint command -------------------------------------------------------
 
 
-def _lint(*args: str) -> subprocess.CompletedProcess[str]:
+def _lint(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "synapse_fedhealth", "lint", *args],
         capture_output=True,
@@ -263,6 +265,8 @@ def _lint(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=LINT_TIMEOUT_S,
         check=False,
         stdin=subprocess.DEVNULL,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
 
 
@@ -296,6 +300,28 @@ def test_lint_exit_1_without_a_federation_listener(
     done = _lint("-c", _write_config(tmp_path / "homeserver.yaml", config))
     assert done.returncode == 1, done.stdout + done.stderr
     assert "config.federation_listener" in done.stdout
+
+
+def test_lint_of_the_sample_resolves_paths_as_synapse(tmp_path: Path) -> None:
+    # sample_homeserver.yaml's paths are relative to the directory Synapse
+    # starts in; lint, started there, finds the key as Synapse would.
+    sample = str(REPO / "sample_homeserver.yaml")
+    key = signedjson.key.generate_signing_key("a_sample")
+    with open(tmp_path / "fedhealth.example.signing.key", "w", encoding="utf-8") as f:
+        signedjson.key.write_signing_keys(f, [key])
+    done = _lint("-c", sample, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "signing key ed25519:a_sample is loaded" in done.stdout
+    # Started elsewhere, it says where it looked, and why.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = _lint("-c", sample, cwd=elsewhere)
+    assert done.returncode == 1, done.stdout + done.stderr
+    # (Long paths wrap at 80 columns: compare without the whitespace.)
+    flat = "".join(done.stdout.split())
+    assert f"cannotread{elsewhere}/fedhealth.example.signing.key" in flat
+    assert f"takenfromthecurrentdirectory,{elsewhere}" in flat
+    assert max(len(line) for line in done.stdout.splitlines()) <= 80
 
 
 def test_lint_exit_2_for_a_missing_file(tmp_path: Path) -> None:

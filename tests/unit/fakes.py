@@ -17,6 +17,7 @@ from synapse_fedhealth.net.results import (
     ProbeError,
     TlsProbeResult,
 )
+from synapse_fedhealth.report import CheckResult, Report
 
 # Answer markers: HANG never answers (the caller's deadline has to end it);
 # BOOM fails the way a bug in the real implementation would.
@@ -162,3 +163,17 @@ class FakeTls:
                 ip=ip, port=port, sni=sni, connect=value, connect_error=str(value)
             )
         )
+
+
+def report_of(
+    *checks: CheckResult, notes: tuple[str, ...] = (), server_name: str = "example.com"
+) -> Report:
+    """A report of these checks, generated at 2025-11-28 00:00:00 UTC."""
+    return Report.build(
+        server_name=server_name,
+        checks=list(checks),
+        federation_disabled=False,
+        generated_at=1764288000000,
+        duration_ms=12,
+        notes=notes,
+    )

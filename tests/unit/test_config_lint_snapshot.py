@@ -241,3 +241,54 @@ def test_rich_config_findings(tmp_path: Path) -> None:
     # The unix socket defaults to x_forwarded: true, so the admin port is not judged.
     assert [r.status for r in results if r.id == "config.x_forwarded"] == [Status.OK]
     assert [r.status for r in results if r.id == "config.signing_key"] == [Status.OK]
+
+
+def _conf_and_run(tmp_path: Path) -> tuple[Path, Path]:
+    """conf/ holds homeserver.yaml; Synapse (and lint) start in run/."""
+    conf, run = tmp_path / "conf", tmp_path / "run"
+    conf.mkdir()
+    run.mkdir()
+    return conf, run
+
+
+def test_relative_paths_resolve_as_synapse_resolves_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Synapse opens a path written in the config relative to the directory it
+    # is started in, not to the config file's folder (sample_homeserver.yaml
+    # relies on it).
+    conf, run = _conf_and_run(tmp_path)
+    path, _ = write_homeserver(
+        run,
+        signing_key_path="example.com.signing.key",
+        media_store_path="media",
+        tls_certificate_path="tls.crt",
+        tls_private_key_path="tls.key",
+    )
+    path = path.rename(conf / "homeserver.yaml")
+    ca = trustme.CA()
+    cert = ca.issue_cert("example.com")
+    cert.cert_chain_pems[0].write_to_path(str(run / "tls.crt"))
+    cert.private_key_pem.write_to_path(str(run / "tls.key"))
+    monkeypatch.chdir(run)
+
+    offline, inside = raw_snapshot(path), synapse_snapshot(path)
+    assert offline.signing_key_error is None
+    assert offline.signing_keys == inside.signing_keys
+    assert offline.tls_certificate_file == inside.tls_certificate_file
+    assert offline.tls_certificate_file == str(run / "tls.crt")
+    assert offline.tls_private_key_file == inside.tls_private_key_file
+
+
+def test_default_signing_key_is_beside_the_last_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without signing_key_path, Synapse looks in the config file's folder.
+    conf, run = _conf_and_run(tmp_path)
+    path, raw = write_homeserver(conf)
+    del raw["signing_key_path"]
+    path.write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(run)
+    offline, inside = raw_snapshot(path), synapse_snapshot(path)
+    assert offline.signing_key_error is None
+    assert offline.signing_keys == inside.signing_keys

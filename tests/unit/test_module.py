@@ -163,7 +163,7 @@ def test_config_problems_logged_at_startup(
     lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     # The listener serves no `federation`: a config.federation_listener problem.
     assert any(line.startswith("config.federation_listener") for line in lines)
-    assert all(" Fix: " in line for line in lines)
+    assert all("; fix: " in line for line in lines)
 
 
 def test_disabled_federation_gives_disabled_verdict(

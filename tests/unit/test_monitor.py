@@ -44,11 +44,11 @@ def test_config_problems_one_line_each(caplog: pytest.LogCaptureFixture) -> None
     assert records == [
         (
             logging.WARNING,
-            "config.x_forwarded: listener 0 lacks x_forwarded Fix: set x_forwarded: true",
+            "config.x_forwarded: listener 0 lacks x_forwarded; fix: set x_forwarded: true",
         ),
         (
             logging.WARNING,
-            "config.federation_listener: no federation Fix: add federation",
+            "config.federation_listener: no federation; fix: add federation",
         ),
     ]
 
@@ -80,7 +80,7 @@ def test_transitions_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     records = _records(caplog)
     assert records[0][0] == logging.WARNING
     assert (
-        "connection.reachable [127.0.0.1:8448]: refused Fix: open the port (was ok)"
+        "connection.reachable [127.0.0.1:8448]: refused; fix: open the port (was ok)"
         == records[0][1]
     )
     assert records[1] == (
