@@ -277,7 +277,9 @@ def _judge_addresses(resolution: Resolution) -> CheckResult:
             resolution.server_name,
         )
     return discovery.check_addresses(
-        resolution.hosts, literal_targets=resolution.literal_targets
+        resolution.hosts,
+        literal_targets=resolution.literal_targets,
+        parent_zones=resolution.parent_zones,
     )
 
 
