@@ -12,10 +12,13 @@ from twisted.internet import defer
 
 from synapse_fedhealth.check_ids import Family, ids_of
 from synapse_fedhealth.checks.client_wellknown import (
+    CLIENT_ORIGIN,
     CLIENT_WELL_KNOWN,
     CLIENT_WELL_KNOWN_PATH,
+    advertised_base_url,
     judge_client_well_known,
     judge_client_well_known_error,
+    versions_url,
 )
 from synapse_fedhealth.checks.forwarded import (
     ECHO_PATH,
@@ -141,8 +144,15 @@ class OutsideViewFamily:
     async def _client_well_known(self, deadline: Deadline) -> list[CheckResult]:
         name = self._server_name
         url = f"https://{name}{CLIENT_WELL_KNOWN_PATH}"
+        # Fetched as a web client on another origin fetches them.
+        cross_origin = {"Origin": CLIENT_ORIGIN}
         result = await bounded_get(
-            self._http, url, deadline, max_bytes=MAX_BODY, follow_redirects=True
+            self._http,
+            url,
+            deadline,
+            max_bytes=MAX_BODY,
+            follow_redirects=True,
+            extra_headers=cross_origin,
         )
         request = result.request_details()
         if result.status is None:
@@ -154,6 +164,19 @@ class OutsideViewFamily:
                     request=request,
                 )
             ]
+        versions = None
+        base_url = advertised_base_url(result.body) if result.status == 200 else None
+        versions_at = versions_url(base_url) if base_url else None
+        if versions_at is not None:
+            # What clients do next: is base_url a homeserver at all?
+            versions = await bounded_get(
+                self._http,
+                versions_at,
+                deadline,
+                max_bytes=MAX_BODY,
+                follow_redirects=True,
+                extra_headers=cross_origin,
+            )
         return [
             judge_client_well_known(
                 result.status,
@@ -163,5 +186,7 @@ class OutsideViewFamily:
                 server_name=name,
                 request=request,
                 knows_public_baseurl=self._knows_config,
+                redirects=result.redirects,
+                versions=versions,
             )
         ]
