@@ -98,6 +98,7 @@ def judge_network(
             settings.trust,
             warning_days=settings.cert_expiry_warning_days,
             now=now,
+            issuers=probe.issuers,
         )
         if settings.trust_error:
             cert_check = attr.evolve(
