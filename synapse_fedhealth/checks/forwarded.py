@@ -26,6 +26,7 @@ from synapse_fedhealth.checks.http_answer import (
     request_details,
 )
 from synapse_fedhealth.homeserver import ListenerInfo
+from synapse_fedhealth.matrix_names import bare_host
 from synapse_fedhealth.report import CheckResult, ok, skip, warn
 
 FORWARDED_HEADERS = "proxy.forwarded_headers"
@@ -176,8 +177,12 @@ def judge_forwarded_headers(
     target: str | None = None,
     nonce: str | None = None,
     verify_answer: EchoAnswerVerifier | None = None,
+    port_optional: bool = False,
 ) -> CheckResult:
     """Judge the echo answer received through the public path. Never raises.
+
+    `port_optional`: the Host may arrive without the port of `sent_host` (a
+    federation path: peers send `host:8448`, proxies pass `$host`).
 
     With `nonce` and `verify_answer` (the issuing `NonceBook.verify_answer`),
     an answer without a valid `X-Fedhealth-Echo-MAC` is not believed: unsigned,
@@ -237,9 +242,10 @@ def judge_forwarded_headers(
                 f"{sent_scheme} request"
             )
             fixes.append(FIX_XFP)
-    if record.host is None or normalise_host(
-        record.host, sent_scheme
-    ) != normalise_host(sent_host, sent_scheme):
+    accepted = {normalise_host(sent_host, sent_scheme)}
+    if port_optional:
+        accepted.add(normalise_host(bare_host(sent_host), sent_scheme))
+    if record.host is None or normalise_host(record.host, sent_scheme) not in accepted:
         problems.append(
             f"the Host header arrived as {record.host!r}, not {sent_host!r}"
         )
