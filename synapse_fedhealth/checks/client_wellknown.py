@@ -11,6 +11,7 @@ import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from synapse_fedhealth.checks import proxy_detect
 from synapse_fedhealth.checks.http_answer import (
     Headers,
     content_type,
@@ -18,6 +19,7 @@ from synapse_fedhealth.checks.http_answer import (
     parse_json_object,
     request_details,
 )
+from synapse_fedhealth.checks.proxy_detect import ProxyGuess, with_proxy
 from synapse_fedhealth.net.results import HttpResult, RedirectHop
 from synapse_fedhealth.report import CheckResult, ok, warn
 
@@ -42,14 +44,24 @@ FIX_BASE_URL = (
     "web server serves the file, update it; if it is right, fix "
     "`public_baseurl` in homeserver.yaml instead."
 )
-FIX_CORS = (
-    "Add `Access-Control-Allow-Origin: *` so web clients on other origins can "
-    "read it: nginx `add_header Access-Control-Allow-Origin *;`, Caddy "
-    "`header Access-Control-Allow-Origin *`, Apache `Header set "
-    'Access-Control-Allow-Origin "*"`, Traefik a headers middleware with '
-    "`accessControlAllowOriginList=*`. Synapse sets it itself when it serves "
-    "the file."
-)
+CORS_SNIPPETS = {
+    proxy_detect.NGINX: "`add_header Access-Control-Allow-Origin *;`",
+    proxy_detect.CADDY: "`header Access-Control-Allow-Origin *`",
+    proxy_detect.APACHE: '`Header set Access-Control-Allow-Origin "*"`',
+    proxy_detect.TRAEFIK: "a headers middleware with `accessControlAllowOriginList=*`",
+}
+
+
+def fix_cors(proxy: str | None) -> str:
+    return proxy_detect.proxy_fix(
+        "Add `Access-Control-Allow-Origin: *` so web clients on other origins "
+        "can read it (Synapse sets it itself when it serves the file)",
+        CORS_SNIPPETS,
+        proxy,
+        "clientwell_known",
+    )
+
+
 FIX_CORS_TWICE = (
     "Send `Access-Control-Allow-Origin` once: the web server adds one on top "
     "of the one the upstream (Synapse, or another proxy) already sends, and "
@@ -112,6 +124,7 @@ def judge_client_well_known(
     knows_public_baseurl: bool = True,
     redirects: Sequence[RedirectHop] = (),
     versions: HttpResult | None = None,
+    proxy: ProxyGuess | None = None,
 ) -> CheckResult:
     """Judge the fetched client well-known as a browser client would. Never
     raises, never fails.
@@ -120,9 +133,11 @@ def judge_client_well_known(
     advertised base_url can't be compared with the server's config.
     `redirects`: the hops that led to the answer, each judged for CORS.
     `versions`: the answer of `{base_url}/_matrix/client/versions`, fetched
-    cross-origin (None: not fetched)."""
+    cross-origin (None: not fetched). `proxy`: the web server the answers
+    showed; its snippet comes first in the fixes."""
     expected = expected_base_url(public_baseurl, server_name)
-    details = request_details(request, http_status=status)
+    details = with_proxy(request_details(request, http_status=status), proxy)
+    proxy_name = proxy.name if proxy is not None else None
     if knows_public_baseurl:
         details["expected_base_url"] = expected
     if public_baseurl is None and knows_public_baseurl:
@@ -168,7 +183,9 @@ def judge_client_well_known(
     cors = cors_problem(cors_values)
     if cors is not None:
         problems.append(cors)
-        fixes.append(FIX_CORS_TWICE if len(_split(cors_values)) > 1 else FIX_CORS)
+        fixes.append(
+            FIX_CORS_TWICE if len(_split(cors_values)) > 1 else fix_cors(proxy_name)
+        )
     hop_problems = _redirect_cors_problems(redirects)
     if hop_problems:
         details["redirects"] = [
@@ -190,7 +207,7 @@ def judge_client_well_known(
         if judged is not None:
             problems.append(judged[0])
             fixes.append(
-                FIX_CORS
+                fix_cors(proxy_name)
                 if judged[1] == "cors"
                 else FIX_NOT_HOMESERVER.format(
                     base_url=base_url,

@@ -27,6 +27,7 @@ from synapse_fedhealth.checks.forwarded import (
     judge_forwarded_headers,
     judge_forwarded_headers_error,
 )
+from synapse_fedhealth.checks.proxy_detect import detect_proxy, first_guess
 from synapse_fedhealth.engine.deadline import Deadline
 from synapse_fedhealth.engine.resolution import bounded_get
 from synapse_fedhealth.homeserver import ListenerInfo
@@ -128,6 +129,11 @@ class OutsideViewFamily:
                 knows_public_baseurl=self._knows_config,
                 redirects=result.redirects,
                 versions=versions,
+                proxy=first_guess(
+                    [(result.headers, result.body)]
+                    + [(hop.headers, b"") for hop in result.redirects]
+                    + ([(versions.headers, versions.body)] if versions else [])
+                ),
             )
         ]
 
@@ -299,4 +305,5 @@ class ForwardedHeadersFamily:
             nonce=nonce,
             verify_answer=self._echo.verify_answer,
             port_optional=path.port_optional,
+            proxy=detect_proxy(result.headers, result.body),
         )
