@@ -61,6 +61,10 @@ ensure_test_tools() {
     command -v nft >/dev/null || [ -x /usr/sbin/nft ] || missing+=(nftables)
     command -v ip >/dev/null || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing+=(iproute2)
     command -v openssl >/dev/null || missing+=(openssl)
+    # tests/integration/test_proxy_fingerprints.py runs them as plain
+    # processes on loopback (apt_install starts no service).
+    command -v apache2 >/dev/null || [ -x /usr/sbin/apache2 ] || missing+=(apache2)
+    command -v caddy >/dev/null || [ -x /usr/bin/caddy ] || missing+=(caddy)
     # promtool validates and unit-tests contrib/prometheus (the service is
     # not started: apt_install blocks service starts).
     command -v promtool >/dev/null || missing+=(prometheus)
