@@ -64,6 +64,10 @@ ensure_test_tools() {
     # tests/integration/test_status_page.py renders the HTML status page in
     # headless Chromium (screenshots and --dump-dom).
     command -v chromium >/dev/null || missing+=(chromium)
+    # tests/integration/test_proxy_fingerprints.py runs them as plain
+    # processes on loopback (apt_install starts no service).
+    command -v apache2 >/dev/null || [ -x /usr/sbin/apache2 ] || missing+=(apache2)
+    command -v caddy >/dev/null || [ -x /usr/bin/caddy ] || missing+=(caddy)
     # promtool validates and unit-tests contrib/prometheus (the service is
     # not started: apt_install blocks service starts).
     command -v promtool >/dev/null || missing+=(prometheus)

@@ -12,6 +12,8 @@ from typing import Any
 
 import attr
 
+from synapse_fedhealth.checks.proxy_detect import report_proxy
+
 VANTAGE_THIS_HOST = "this host"
 
 
@@ -241,5 +243,8 @@ class Report:
         }
         if self.notes:
             out["notes"] = list(self.notes)
+        # The reverse proxy the public path showed (the checks that saw it
+        # have `details.proxy`), or "unknown".
+        out["proxy"] = report_proxy(self.checks)
         out["federation_tester"] = dict(self.federation_tester)
         return out

@@ -370,6 +370,10 @@ class Resolution:
     literal_targets: tuple[str, ...] = ()
     targets: tuple[Target, ...] = ()
     targets_truncated: bool = False
+    # SOA lookups of the zones above a host that has no address (its parent
+    # domain and its TLD), asked only then: they tell a missing record from a
+    # host whose resolver sees no public DNS at all.
+    parent_zones: tuple[DnsResult, ...] = ()
     complete: bool = False
     # A bug of ours stopped discovery early ("" normally).
     error: str = ""

@@ -16,6 +16,7 @@ from typing import Any
 import attr
 from twisted.python.threadpool import ThreadPool
 
+from synapse_fedhealth.net.aia import IssuerFetcher, PlainHttpIssuerFetcher
 from synapse_fedhealth.net.dns import DnsLookupPool, DnsResolver, ThreadedDnsResolver
 from synapse_fedhealth.net.dns_cache import RunScopedDnsCache
 from synapse_fedhealth.net.http import HttpFetcher, ProbeHttpClient
@@ -36,6 +37,10 @@ class RunIO:
     # then `trust` is the system store and tls.certificate says so.
     trust_error: str = ""
     wall_clock: Callable[[], float] = time.time
+    # Fetches a certificate's issuer from its AIA URL (None: never looked up;
+    # tls.certificate then can't tell a missing intermediate from an
+    # untrusted CA).
+    issuers: IssuerFetcher | None = None
 
 
 def load_trust_store(ca_files: tuple[str, ...]) -> tuple[TrustStore, str]:
@@ -87,4 +92,7 @@ class ProcessIO:
             tls=TwistedTlsProber(self.reactor),
             trust=trust,
             trust_error=trust_error,
+            issuers=PlainHttpIssuerFetcher(
+                self.reactor, resolver, user_agent=settings.user_agent
+            ),
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from synapse_fedhealth.net.results import (
@@ -17,6 +18,7 @@ from synapse_fedhealth.net.tls import (
     REASON_SELF_SIGNED,
     REASON_UNTRUSTED_ISSUER,
     CertVerification,
+    IssuerFetch,
     TrustStore,
     verify_chain,
 )
@@ -147,7 +149,8 @@ _CERT_FIXES = {
     REASON_EXPIRED: "Renew the certificate (e.g. `certbot renew`) and reload the server or proxy that serves it.",
     REASON_NOT_YET_VALID: "Check the clock of the machine that issued the certificate, or wait until it becomes valid; serve the previous one meanwhile.",
     REASON_SELF_SIGNED: "Use a certificate from a CA peers trust (e.g. Let's Encrypt); federation needs publicly trusted certificates.",
-    REASON_UNTRUSTED_ISSUER: "Use a certificate from a publicly trusted CA, and serve its chain (fullchain.pem).",
+    REASON_UNTRUSTED_ISSUER: "Peers trust only public CAs: get a certificate from one (e.g. Let's Encrypt with certbot) "
+    "and serve its chain (fullchain.pem). Serving more of a private CA's chain does not help.",
     REASON_MISSING_INTERMEDIATE: "Serve the full chain: nginx `ssl_certificate /etc/letsencrypt/live/<name>/fullchain.pem;` (not cert.pem); "
     "Apache `SSLCertificateFile .../fullchain.pem`; Synapse `tls_certificate_path` must point at the full chain.",
 }
@@ -160,7 +163,10 @@ def check_certificate(
     *,
     warning_days: int,
     now: float,
+    issuers: Sequence[IssuerFetch] | None = None,
 ) -> tuple[CheckResult, CertVerification | None]:
+    """`issuers`: what the AIA caIssuers URLs gave when the chain's issuer is
+    neither sent nor trusted (None: not looked up)."""
     if probe.connect != ConnectOutcome.OK:
         return _not_connected(TLS_CERTIFICATE, target), None
     if probe.handshake != HandshakeOutcome.OK or not probe.chain:
@@ -170,7 +176,9 @@ def check_certificate(
             target=target.address,
             details=probe_details(target),
         ), None
-    verification = verify_chain(probe.chain, target.sni, trust, now=now)
+    verification = verify_chain(
+        probe.chain, target.sni, trust, now=now, issuers=issuers
+    )
     details = probe_details(target)
     details.update(
         {
@@ -182,11 +190,22 @@ def check_certificate(
             "trust_store": trust.description,
         }
     )
+    if issuers is not None:
+        details["aia"] = [fetch.to_json() for fetch in issuers]
+    if verification.missing_intermediate is not None:
+        details["missing_intermediate"] = verification.missing_intermediate
     if not verification.valid:
         reason = verification.reason
         details["reason"] = reason
         details["problems"] = list(verification.problems)
         fix = _CERT_FIXES.get(reason or "", "")
+        if verification.missing_intermediate is not None and reason == (
+            REASON_MISSING_INTERMEDIATE
+        ):
+            fix = (
+                f"Serve the intermediate {verification.missing_intermediate} after "
+                "the leaf. " + fix
+            )
         if reason == REASON_NAME_MISMATCH:
             fix = (
                 f"Get a certificate that covers {target.sni} (peers ask for this name: the server name, or the "

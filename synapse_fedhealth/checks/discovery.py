@@ -14,7 +14,7 @@ from synapse_fedhealth.net.addresses import (
     AddressClass,
     classify_address,
 )
-from synapse_fedhealth.net.results import DnsOutcome
+from synapse_fedhealth.net.results import DnsOutcome, DnsResult
 from synapse_fedhealth.report import CheckResult, fail, ok, skip, warn
 from synapse_fedhealth.server_discovery import (
     DEFAULT_FEDERATION_PORT,
@@ -311,15 +311,28 @@ def check_srv(
 # Addresses and targets
 
 
+# A zone exists for this host's resolver when its SOA query gets NOERROR.
+_ZONE_SEEN = (DnsOutcome.ANSWER, DnsOutcome.NO_ANSWER)
+
+
 def check_addresses(
-    hosts: Sequence[HostAddresses], *, literal_targets: Sequence[str] = ()
+    hosts: Sequence[HostAddresses],
+    *,
+    literal_targets: Sequence[str] = (),
+    parent_zones: Sequence[DnsResult] = (),
 ) -> CheckResult:
-    """`discovery.addresses` over every host the targets come from."""
+    """`discovery.addresses` over every host the targets come from.
+
+    `parent_zones`: SOA lookups of the zones above a host without address
+    (asked only then); they tell "add the records" from "this host can't
+    resolve public names" and "the domain does not exist"."""
     details: dict[str, Any] = {
         "hosts": {h.host: {"A": h.a.to_json(), "AAAA": h.aaaa.to_json()} for h in hosts}
     }
     if literal_targets:
         details["ip_literals"] = list(literal_targets)
+    if parent_zones:
+        details["parent_zones"] = {z.qname: {"SOA": z.to_json()} for z in parent_zones}
     all_addresses = [a for h in hosts for a in h.addresses] + list(literal_targets)
     classes = {a: classify_address(a) for a in all_addresses}
     forbidden = [a for a, c in classes.items() if c is AddressClass.FORBIDDEN]
@@ -346,6 +359,10 @@ def check_addresses(
             for host, r in ((h.host, h.a), (h.host, h.aaaa))
         )
         verb = "timed out" if timed_out else "found no address"
+        summary = f"the A/AAAA lookup of {names} {verb} ({why})"
+        zone_problem = _parent_zone_problem(summary, parent_zones, details)
+        if zone_problem is not None:
+            return zone_problem
         return fail(
             ADDRESSES,
             f"the A/AAAA lookup of {names} {verb} ({why})",
@@ -384,6 +401,53 @@ def check_addresses(
         f"{h.host}: {', '.join(h.addresses)}" for h in hosts
     ) or ", ".join(literal_targets)
     return ok(ADDRESSES, summary, details=details)
+
+
+def _parent_zone_problem(
+    summary: str, parent_zones: Sequence[DnsResult], details: dict[str, Any]
+) -> CheckResult | None:
+    """The failure to report instead of "add A records", when the zones above
+    the host show the records are not what is missing; None otherwise."""
+    if not parent_zones:
+        return None
+    unseen = [z for z in parent_zones if z.outcome not in _ZONE_SEEN]
+    if len(unseen) == len(parent_zones):
+        # Not even the TLD: the resolver this host uses sees no public DNS
+        # (a sandbox, a broken resolv.conf, a captive or split resolver).
+        details["reason"] = "host_cannot_resolve"
+        zones = "; ".join(f"{z.qname} SOA: {z.describe()}" for z in parent_zones)
+        return fail(
+            ADDRESSES,
+            f"{summary}; this host cannot resolve public names (even {zones})",
+            fix="Fix this host's DNS resolver: /etc/resolv.conf must point at a "
+            "resolver that answers for public names (test with `dig SOA "
+            f"{parent_zones[-1].qname}`), or set the module's `dns_servers` "
+            "option to one that does. Peers use the public DNS, so the records "
+            "themselves may well be right.",
+            details=details,
+        )
+    seen = {z.qname for z in parent_zones if z.outcome in _ZONE_SEEN}
+    domain = next(
+        (
+            z
+            for z in parent_zones
+            if z.qname.count(".") == 1 and z.outcome is DnsOutcome.NXDOMAIN
+        ),
+        None,
+    )
+    if domain is not None and domain.qname.split(".", 1)[1] in seen:
+        # The TLD resolves, the domain does not: it is not registered (or
+        # has expired, or its delegation is broken).
+        details["reason"] = "domain_missing"
+        name = domain.qname
+        return fail(
+            ADDRESSES,
+            f"{summary}; the domain {name} itself does not exist in DNS",
+            fix=f"Register {name} (or renew it), and check its NS delegation "
+            f"at the registrar (`dig NS {name}`); then add the A/AAAA records.",
+            details=details,
+        )
+    return None
 
 
 def check_targets(targets: Sequence[Target], *, truncated: bool = False) -> CheckResult:

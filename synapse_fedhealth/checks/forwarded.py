@@ -25,7 +25,17 @@ from synapse_fedhealth.checks.http_answer import (
     parse_json_object,
     request_details,
 )
+from synapse_fedhealth.checks.proxy_detect import (
+    APACHE,
+    CADDY,
+    NGINX,
+    TRAEFIK,
+    ProxyGuess,
+    proxy_fix,
+    with_proxy,
+)
 from synapse_fedhealth.homeserver import ListenerInfo
+from synapse_fedhealth.matrix_names import bare_host
 from synapse_fedhealth.report import CheckResult, ok, skip, warn
 
 FORWARDED_HEADERS = "proxy.forwarded_headers"
@@ -39,21 +49,46 @@ EchoAnswerVerifier = Callable[[str, bytes, str], bool]
 MAX_HEADER_CHARS = 256
 DEFAULT_PORTS = {"https": 443, "http": 80}
 
-FIX_XFF = (
-    "Make the proxy send the client address: nginx `proxy_set_header "
-    "X-Forwarded-For $remote_addr;`; Apache mod_proxy_http sends it unless "
-    "`ProxyAddHeaders Off`; Caddy and Traefik send it by default."
-)
-FIX_XFP = (
-    "Make the proxy send the scheme: nginx `proxy_set_header X-Forwarded-Proto "
-    '$scheme;`; Apache `RequestHeader set X-Forwarded-Proto "https"`; Caddy '
-    "and Traefik send it by default."
-)
-FIX_HOST = (
-    "Make the proxy pass the original Host header: nginx `proxy_set_header "
-    "Host $host;`; Apache `ProxyPreserveHost On`; Caddy and Traefik keep it "
-    "unless told otherwise (Caddy: no `header_up Host {upstream_hostport}`)."
-)
+XFF_SNIPPETS = {
+    NGINX: "`proxy_set_header X-Forwarded-For $remote_addr;`",
+    APACHE: "mod_proxy_http sends it unless `ProxyAddHeaders Off`",
+    CADDY: "`reverse_proxy` sends it by default (check for a `header_up -X-Forwarded-For`)",
+    TRAEFIK: "sends it by default (check `forwardedHeaders` on the entry point)",
+}
+XFP_SNIPPETS = {
+    NGINX: "`proxy_set_header X-Forwarded-Proto $scheme;`",
+    APACHE: '`RequestHeader set X-Forwarded-Proto "https"`',
+    CADDY: "`reverse_proxy` sends it by default",
+    TRAEFIK: "sends it by default",
+}
+HOST_SNIPPETS = {
+    NGINX: "`proxy_set_header Host $host;`",
+    APACHE: "`ProxyPreserveHost On`",
+    CADDY: "keeps it unless told otherwise (no `header_up Host {upstream_hostport}`)",
+    TRAEFIK: "keeps it unless `passHostHeader: false`",
+}
+DOCS_ANCHOR = "proxyforwarded_headers"
+
+
+def fix_xff(proxy: str | None) -> str:
+    return proxy_fix(
+        "Make the proxy send the client address", XFF_SNIPPETS, proxy, DOCS_ANCHOR
+    )
+
+
+def fix_xfp(proxy: str | None) -> str:
+    return proxy_fix("Make the proxy send the scheme", XFP_SNIPPETS, proxy, DOCS_ANCHOR)
+
+
+def fix_host(proxy: str | None) -> str:
+    return proxy_fix(
+        "Make the proxy pass the original Host header",
+        HOST_SNIPPETS,
+        proxy,
+        DOCS_ANCHOR,
+    )
+
+
 FIX_ENABLE_X_FORWARDED = (
     "Set `x_forwarded: true` on {listener} in homeserver.yaml: it sits behind "
     "a reverse proxy, and without it Synapse records the proxy's address for "
@@ -176,15 +211,22 @@ def judge_forwarded_headers(
     target: str | None = None,
     nonce: str | None = None,
     verify_answer: EchoAnswerVerifier | None = None,
+    port_optional: bool = False,
+    proxy: ProxyGuess | None = None,
 ) -> CheckResult:
     """Judge the echo answer received through the public path. Never raises.
+
+    `port_optional`: the Host may arrive without the port of `sent_host` (a
+    federation path: peers send `host:8448`, proxies pass `$host`).
+    `proxy`: the reverse proxy the answer showed; its snippet comes first.
 
     With `nonce` and `verify_answer` (the issuing `NonceBook.verify_answer`),
     an answer without a valid `X-Fedhealth-Echo-MAC` is not believed: unsigned,
     a `skip`; signed with another key, a `warn`. Without them every well-formed
     answer is believed.
     """
-    details = request_details(request, http_status=status)
+    details = with_proxy(request_details(request, http_status=status), proxy)
+    proxy_name = proxy.name if proxy is not None else None
     obj, _ = parse_json_object(body) if status == 200 else (None, "")
     record = EchoRecord.from_json(obj)
     if record is None:
@@ -227,23 +269,24 @@ def judge_forwarded_headers(
     if proxied:
         if record.x_forwarded_for is None:
             problems.append("X-Forwarded-For did not arrive")
-            fixes.append(FIX_XFF)
+            fixes.append(fix_xff(proxy_name))
         if record.x_forwarded_proto is None:
             problems.append("X-Forwarded-Proto did not arrive")
-            fixes.append(FIX_XFP)
+            fixes.append(fix_xfp(proxy_name))
         elif record.x_forwarded_proto.strip().lower() != sent_scheme:
             problems.append(
                 f"X-Forwarded-Proto arrived as {record.x_forwarded_proto!r} for an "
                 f"{sent_scheme} request"
             )
-            fixes.append(FIX_XFP)
-    if record.host is None or normalise_host(
-        record.host, sent_scheme
-    ) != normalise_host(sent_host, sent_scheme):
+            fixes.append(fix_xfp(proxy_name))
+    accepted = {normalise_host(sent_host, sent_scheme)}
+    if port_optional:
+        accepted.add(normalise_host(bare_host(sent_host), sent_scheme))
+    if record.host is None or normalise_host(record.host, sent_scheme) not in accepted:
         problems.append(
             f"the Host header arrived as {record.host!r}, not {sent_host!r}"
         )
-        fixes.append(FIX_HOST)
+        fixes.append(fix_host(proxy_name))
     if proxied and not record.listener_x_forwarded:
         problems.append(
             f"{where} has `x_forwarded` off, so Synapse ignores the proxy's "

@@ -14,9 +14,11 @@ import attr
 
 from synapse_fedhealth.checks import connection, discovery, federation
 from synapse_fedhealth.checks.federation import ServedKeys
+from synapse_fedhealth.checks.proxy_detect import detect_proxy, with_proxy
 from synapse_fedhealth.engine.probes import TargetProbe
 from synapse_fedhealth.net.results import (
     ConnectOutcome,
+    HttpResult,
     TlsProbeResult,
 )
 from synapse_fedhealth.net.tls import CertVerification, TrustStore
@@ -98,6 +100,7 @@ def judge_network(
             settings.trust,
             warning_days=settings.cert_expiry_warning_days,
             now=now,
+            issuers=probe.issuers,
         )
         if settings.trust_error:
             cert_check = attr.evolve(
@@ -165,7 +168,7 @@ def _judge_endpoints(
         )
     else:
         version_check, version = federation.check_version(target, probe.version)
-        out.append(version_check)
+        out.append(_seen_proxy(version_check, probe.version))
         if version is not None:
             versions[target.address] = version
     if probe.keys is None:
@@ -176,10 +179,18 @@ def _judge_endpoints(
         keys_check, keys = federation.check_keys(
             target, probe.keys, server_name, now_ms=int(now * 1000)
         )
-        out.append(keys_check)
+        out.append(_seen_proxy(keys_check, probe.keys))
         if keys is not None:
             served[target.address] = keys
     return out
+
+
+def _seen_proxy(check: CheckResult, answer: HttpResult) -> CheckResult:
+    """`check` with `details.proxy` when `answer` shows which proxy sent it."""
+    guess = detect_proxy(answer.headers, answer.body)
+    if guess is None:
+        return check
+    return attr.evolve(check, details=with_proxy(check.details, guess))
 
 
 def judge_discovery(
@@ -277,7 +288,9 @@ def _judge_addresses(resolution: Resolution) -> CheckResult:
             resolution.server_name,
         )
     return discovery.check_addresses(
-        resolution.hosts, literal_targets=resolution.literal_targets
+        resolution.hosts,
+        literal_targets=resolution.literal_targets,
+        parent_zones=resolution.parent_zones,
     )
 
 

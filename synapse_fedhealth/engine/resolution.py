@@ -53,6 +53,7 @@ MAX_TARGETS = 16
 MAX_SRV_HOSTS = 8
 MAX_WELL_KNOWN_ADDRESSES = 8
 WELL_KNOWN_PORT = 443
+MAX_PARENT_ZONES = 4  # SOA lookups above a host without address
 
 
 class _Draft:
@@ -88,6 +89,17 @@ class _Draft:
                 ),
             )
         return value
+
+
+def parent_zones(host: str) -> tuple[str, ...]:
+    """The names above `host`, nearest first, always ending with its TLD
+    (`a.example.org` -> `example.org`, `org`), at most MAX_PARENT_ZONES: the
+    nearest one that exists tells whether only the record is missing."""
+    labels = [label for label in host.rstrip(".").split(".") if label]
+    above = [".".join(labels[i:]) for i in range(1, len(labels))]
+    if len(above) > MAX_PARENT_ZONES:
+        above = above[: MAX_PARENT_ZONES - 1] + above[-1:]
+    return tuple(above)
 
 
 def well_known_url(server_name: str) -> str:
@@ -140,6 +152,7 @@ class ServerNameResolver:
             await self._resolve_direct(
                 draft, host, port, host_header=name, sni=bare_host(host), until=deadline
             )
+            await self._probe_parent_zones(draft, deadline)
             draft.set(complete=True)
             return
         # Step 3 (the well-known) and steps 4-5 of the server name (SRV),
@@ -158,7 +171,21 @@ class ServerNameResolver:
             await self._resolve_with_srv(
                 draft, name, name_srv, host_header=name, sni=name, until=deadline
             )
+        await self._probe_parent_zones(draft, deadline)
         draft.set(complete=True)
+
+    async def _probe_parent_zones(self, draft: _Draft, until: Deadline) -> None:
+        """When no host has an address, ask for the SOA of the zones above the
+        first one: if even those don't resolve, the records are not what is
+        missing, this host's resolver is."""
+        hosts = draft.value.hosts
+        if not hosts or any(h.addresses for h in hosts):
+            return
+        zones = parent_zones(hosts[0].host)
+        if not zones:
+            return
+        found = await _gather(*(self._lookup(z, "SOA", until) for z in zones))
+        draft.set(parent_zones=tuple(found))
 
     async def _fetch_well_known(
         self, draft: _Draft, name: str, until: Deadline

@@ -12,7 +12,11 @@ from typing import TYPE_CHECKING, Protocol
 
 from synapse_fedhealth.check_ids import Family, ids_of
 from synapse_fedhealth.families.network import NetworkFamily
-from synapse_fedhealth.families.outside import EchoNonces, OutsideViewFamily
+from synapse_fedhealth.families.outside import (
+    EchoNonces,
+    ForwardedHeadersFamily,
+    OutsideViewFamily,
+)
 from synapse_fedhealth.runner import CheckFamily, SkippedFamily
 from synapse_fedhealth.settings import RunSettings
 from synapse_fedhealth.third_party import ThirdPartyAnswers
@@ -53,8 +57,6 @@ class DefaultFamilies:
                 io,
                 self._snapshot.server_name,
                 public_baseurl=self._snapshot.public_baseurl,
-                listeners=self._snapshot.listeners,
-                echo=self._echo,
             ),
         ]
 
@@ -64,15 +66,25 @@ class DefaultFamilies:
         from synapse_fedhealth.families.notary import NotaryFamily
         from synapse_fedhealth.families.targets import TargetInsiderFamily
 
+        # Through the client path, and the federation path once it is known.
+        forwarded = ForwardedHeadersFamily(
+            io,
+            public_baseurl=self._snapshot.public_baseurl,
+            listeners=self._snapshot.listeners,
+            echo=self._echo,
+            network=network,
+        )
         if network is None:
             return [
+                forwarded,
                 SkippedFamily(
                     Family.TARGETS.value,
                     ids_of(Family.TARGETS, Family.NOTARY),
                     "not run: the network checks did not finish (see their results)",
-                )
+                ),
             ]
         return [
+            forwarded,
             TargetInsiderFamily(io, self._snapshot, network),
             NotaryFamily(
                 io,

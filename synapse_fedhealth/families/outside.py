@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import urllib.parse
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+import attr
 from twisted.internet import defer
 
-from synapse_fedhealth.check_ids import Family, ids_of
+from synapse_fedhealth.check_ids import Family
 from synapse_fedhealth.checks.client_wellknown import (
+    CLIENT_ORIGIN,
     CLIENT_WELL_KNOWN,
     CLIENT_WELL_KNOWN_PATH,
+    advertised_base_url,
     judge_client_well_known,
     judge_client_well_known_error,
+    versions_url,
 )
 from synapse_fedhealth.checks.forwarded import (
     ECHO_PATH,
@@ -23,13 +27,18 @@ from synapse_fedhealth.checks.forwarded import (
     judge_forwarded_headers,
     judge_forwarded_headers_error,
 )
+from synapse_fedhealth.checks.proxy_detect import detect_proxy, first_guess
 from synapse_fedhealth.engine.deadline import Deadline
 from synapse_fedhealth.engine.resolution import bounded_get
 from synapse_fedhealth.homeserver import ListenerInfo
 from synapse_fedhealth.net.results import HttpResult
-from synapse_fedhealth.report import CheckResult, skip
+from synapse_fedhealth.report import CheckResult, Status, skip
 from synapse_fedhealth.runner import FamilyOutcome
+from synapse_fedhealth.server_discovery import Target
 from synapse_fedhealth.wiring import RunIO
+
+if TYPE_CHECKING:
+    from synapse_fedhealth.engine.network_checker import NetworkFindings
 
 MAX_BODY = 256 * 1024  # these answers are small JSON objects; more is hostile
 
@@ -48,12 +57,12 @@ class EchoNonces(Protocol):
 
 
 class OutsideViewFamily:
-    """`public_baseurl` and `listeners` come from our config; the `check`
-    command runs this family without them (then only client.well_known, and
-    without comparing its base_url to a config it can't see)."""
+    """client.well_known, as a web client on another origin sees it. Without
+    `knows_config` (the `check` command) the advertised base_url is not
+    compared with a `public_baseurl` it can't see."""
 
     name = Family.OUTSIDE.value
-    check_ids: Sequence[str] = ids_of(Family.OUTSIDE)
+    check_ids: Sequence[str] = (CLIENT_WELL_KNOWN,)
 
     def __init__(
         self,
@@ -61,88 +70,30 @@ class OutsideViewFamily:
         server_name: str,
         *,
         public_baseurl: str | None,
-        listeners: Sequence[ListenerInfo] = (),
-        echo: EchoNonces | None = None,
         knows_config: bool = True,
     ) -> None:
         self._http = io.http
         self._server_name = server_name
         self._public_baseurl = public_baseurl
-        self._listeners = tuple(listeners)
-        self._echo = echo
         self._knows_config = knows_config
-        if not knows_config:
-            self.check_ids = (CLIENT_WELL_KNOWN,)
 
     async def run(self, deadline: Deadline) -> FamilyOutcome:
-        parts = [self._client_well_known(deadline)]
-        if self._knows_config:
-            parts.insert(0, self._forwarded_headers(deadline))
-        groups: list[list[CheckResult]] = await defer.gatherResults(
-            [defer.ensureDeferred(p) for p in parts], consumeErrors=True
-        )
-        checks = tuple(c for group in groups for c in group)
-        listener_index = next(
-            (
-                c.details["listener_index"]
-                for c in checks
-                if c.id == FORWARDED_HEADERS
-                and isinstance(c.details.get("listener_index"), int)
-            ),
-            None,
-        )
-        return FamilyOutcome(checks=checks, public_listener_index=listener_index)
-
-    # -- proxy.forwarded_headers -------------------------------------------------
-
-    async def _forwarded_headers(self, deadline: Deadline) -> list[CheckResult]:
-        base = self._public_baseurl
-        if not base:
-            return [
-                skip(
-                    FORWARDED_HEADERS,
-                    "skipped: public_baseurl is not set, so there is no public client "
-                    "path to send a request through",
-                )
-            ]
-        if self._echo is None:
-            return [
-                skip(FORWARDED_HEADERS, "skipped: the echo resource is not mounted")
-            ]
-        parsed = urllib.parse.urlsplit(base)
-        nonce = self._echo.issue()
-        url = urllib.parse.urljoin(base, ECHO_PATH.lstrip("/") + "/" + nonce)
-        result = await bounded_get(
-            self._http, url, deadline, max_bytes=MAX_BODY, verify_tls=False
-        )
-        request = result.request_details()
-        if result.status is None:
-            return [
-                judge_forwarded_headers_error(
-                    error_kind(result), result.error_message, request=request
-                )
-            ]
-        return [
-            judge_forwarded_headers(
-                result.status,
-                result.headers,
-                result.body,
-                sent_host=parsed.netloc,
-                sent_scheme=parsed.scheme or "https",
-                listeners=self._listeners,
-                request=request,
-                nonce=nonce,
-                verify_answer=self._echo.verify_answer,
-            )
-        ]
+        return FamilyOutcome(checks=tuple(await self._client_well_known(deadline)))
 
     # -- client.well_known ---------------------------------------------------------
 
     async def _client_well_known(self, deadline: Deadline) -> list[CheckResult]:
         name = self._server_name
         url = f"https://{name}{CLIENT_WELL_KNOWN_PATH}"
+        # Fetched as a web client on another origin fetches them.
+        cross_origin = {"Origin": CLIENT_ORIGIN}
         result = await bounded_get(
-            self._http, url, deadline, max_bytes=MAX_BODY, follow_redirects=True
+            self._http,
+            url,
+            deadline,
+            max_bytes=MAX_BODY,
+            follow_redirects=True,
+            extra_headers=cross_origin,
         )
         request = result.request_details()
         if result.status is None:
@@ -154,6 +105,19 @@ class OutsideViewFamily:
                     request=request,
                 )
             ]
+        versions = None
+        base_url = advertised_base_url(result.body) if result.status == 200 else None
+        versions_at = versions_url(base_url) if base_url else None
+        if versions_at is not None:
+            # What clients do next: is base_url a homeserver at all?
+            versions = await bounded_get(
+                self._http,
+                versions_at,
+                deadline,
+                max_bytes=MAX_BODY,
+                follow_redirects=True,
+                extra_headers=cross_origin,
+            )
         return [
             judge_client_well_known(
                 result.status,
@@ -163,5 +127,183 @@ class OutsideViewFamily:
                 server_name=name,
                 request=request,
                 knows_public_baseurl=self._knows_config,
+                redirects=result.redirects,
+                versions=versions,
+                proxy=first_guess(
+                    [(result.headers, result.body)]
+                    + [(hop.headers, b"") for hop in result.redirects]
+                    + ([(versions.headers, versions.body)] if versions else [])
+                ),
             )
         ]
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True, kw_only=True)
+class EchoPath:
+    """One way into this server that an echo request is sent through."""
+
+    label: str  # "client" (public_baseurl) or "federation" (a peers' target)
+    url: str  # without the nonce
+    sent_host: str
+    sent_scheme: str = "https"
+    connect_to: tuple[str, int] | None = None
+    host_header: str | None = None
+    sni: str | None = None
+    target: str | None = None
+    # Peers' Host carries the federation port; proxies pass `$host` without it.
+    port_optional: bool = False
+
+    def describe(self) -> str:
+        if self.label == "client":
+            return f"the public client path {self.url}"
+        return f"the federation path peers use ({self.target}, Host {self.host_header})"
+
+
+def echo_paths(
+    public_baseurl: str | None, targets: Sequence[Target]
+) -> tuple[EchoPath, ...]:
+    """The public client path (public_baseurl) and the federation path (the
+    first target peers connect to, with their Host and SNI)."""
+    paths = []
+    if public_baseurl:
+        parsed = urllib.parse.urlsplit(public_baseurl)
+        paths.append(
+            EchoPath(
+                label="client",
+                url=urllib.parse.urljoin(public_baseurl, ECHO_PATH.lstrip("/")),
+                sent_host=parsed.netloc,
+                sent_scheme=parsed.scheme or "https",
+            )
+        )
+    if targets:
+        target = targets[0]
+        paths.append(
+            EchoPath(
+                label="federation",
+                url=f"https://{target.host_header}{ECHO_PATH}",
+                sent_host=target.host_header,
+                connect_to=(target.ip, target.port),
+                host_header=target.host_header,
+                sni=target.sni,
+                target=target.address,
+                port_optional=True,
+            )
+        )
+    return tuple(paths)
+
+
+class ForwardedHeadersFamily:
+    """`proxy.forwarded_headers` through every public way in: the client path
+    (public_baseurl) and the federation path peers use (from the network
+    findings; None: the network checks did not finish, so only the client
+    path is tried). It skips only when no path reaches this Synapse."""
+
+    name = Family.OUTSIDE.value + " (forwarded headers)"
+    check_ids: Sequence[str] = (FORWARDED_HEADERS,)
+
+    def __init__(
+        self,
+        io: RunIO,
+        *,
+        public_baseurl: str | None,
+        listeners: Sequence[ListenerInfo] = (),
+        echo: EchoNonces | None = None,
+        network: NetworkFindings | None = None,
+    ) -> None:
+        self._http = io.http
+        self._listeners = tuple(listeners)
+        self._echo = echo
+        targets = network.targets if network is not None else ()
+        self._paths = echo_paths(public_baseurl, targets)
+
+    async def run(self, deadline: Deadline) -> FamilyOutcome:
+        checks = await self._forwarded_headers(deadline)
+        listener_index = next(
+            (
+                c.details["listener_index"]
+                for c in checks
+                if isinstance(c.details.get("listener_index"), int)
+            ),
+            None,
+        )
+        return FamilyOutcome(checks=tuple(checks), public_listener_index=listener_index)
+
+    async def _forwarded_headers(self, deadline: Deadline) -> list[CheckResult]:
+        if self._echo is None:
+            return [
+                skip(FORWARDED_HEADERS, "skipped: the echo resource is not mounted")
+            ]
+        if not self._paths:
+            return [
+                skip(
+                    FORWARDED_HEADERS,
+                    "skipped: public_baseurl is not set and discovery found no "
+                    "federation target, so there is no public path to send a "
+                    "request through",
+                    details={"reason": "no_path", "paths_tried": []},
+                )
+            ]
+        results: list[CheckResult] = await defer.gatherResults(
+            [
+                defer.ensureDeferred(self._echo_through(p, deadline))
+                for p in self._paths
+            ],
+            consumeErrors=True,
+        )
+        tried = [
+            {"path": p.label, "url": p.url, "target": p.target, "summary": r.summary}
+            for p, r in zip(self._paths, results, strict=True)
+        ]
+        routed = [r for r in results if r.status is not Status.SKIP]
+        if not routed:
+            return [
+                skip(
+                    FORWARDED_HEADERS,
+                    "skipped: no public path routes "
+                    f"{ECHO_PATH} to this Synapse; tried "
+                    + "; ".join(
+                        f"{p.describe()}: {r.summary.removeprefix('skipped: ')}"
+                        for p, r in zip(self._paths, results, strict=True)
+                    ),
+                    details={"reason": "not_routed", "paths_tried": tried},
+                )
+            ]
+        return [
+            attr.evolve(r, details={**r.details, "paths_tried": tried}) for r in routed
+        ]
+
+    async def _echo_through(self, path: EchoPath, deadline: Deadline) -> CheckResult:
+        assert self._echo is not None
+        nonce = self._echo.issue()
+        result = await bounded_get(
+            self._http,
+            f"{path.url}/{nonce}",
+            deadline,
+            max_bytes=MAX_BODY,
+            verify_tls=False,
+            connect_to=path.connect_to,
+            host_header=path.host_header,
+            sni=path.sni,
+        )
+        request = {**result.request_details(), "path": path.label}
+        if result.status is None:
+            return judge_forwarded_headers_error(
+                error_kind(result),
+                result.error_message,
+                request=request,
+                target=path.target,
+            )
+        return judge_forwarded_headers(
+            result.status,
+            result.headers,
+            result.body,
+            sent_host=path.sent_host,
+            sent_scheme=path.sent_scheme,
+            listeners=self._listeners,
+            request=request,
+            target=path.target,
+            nonce=nonce,
+            verify_answer=self._echo.verify_answer,
+            port_optional=path.port_optional,
+            proxy=detect_proxy(result.headers, result.body),
+        )

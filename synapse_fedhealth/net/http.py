@@ -567,7 +567,14 @@ def _redirect_target(
             f"{clean_line(location)[:300]}",
         )
     next_url = urllib.parse.urljoin(url, location)
-    state.redirects.append(RedirectHop(url=url, status=status, location=next_url))
+    state.redirects.append(
+        RedirectHop(
+            url=url,
+            status=status,
+            location=next_url,
+            headers=_headers_dict(response.headers),
+        )
+    )
     # Don't read the redirect body: drop the connection.
     response.deliverBody(_Discard())
     if urllib.parse.urlsplit(next_url).scheme != "https":

@@ -133,6 +133,12 @@ class RedirectHop:
     url: str
     status: int
     location: str
+    # The hop's response headers (lower-case names, repeated values kept):
+    # browsers check CORS on every cross-origin hop, not only the last.
+    headers: Mapping[str, tuple[str, ...]] = attr.ib(factory=dict)
+
+    def header_values(self, name: str) -> tuple[str, ...]:
+        return self.headers.get(name.lower(), ())
 
     def to_json(self) -> dict[str, Any]:
         return {"url": self.url, "status": self.status, "location": self.location}

@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 import attr
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
+from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 from OpenSSL import SSL, crypto
 from twisted.internet import defer, error
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
@@ -75,6 +75,72 @@ _X509_FLAG_NO_CHECK_TIME = 0x200000
 
 # A hostile server may send a huge chain; only this many certificates are kept.
 MAX_CHAIN_LENGTH = 10
+
+# Authority Information Access: the URL where a certificate's issuer is
+# published (RFC 5280 4.2.2.1), fetched as browsers do to tell a missing
+# intermediate from an untrusted CA. Bounded: a few URLs, a few certificates,
+# one hop (the fetched certificate's own AIA is not followed).
+MAX_ISSUER_URLS = 2
+MAX_ISSUER_CERTIFICATES = 4  # per answer (a PKCS#7 bundle may hold several)
+MAX_ISSUER_BYTES = 64 * 1024  # 64 KiB: a certificate is 1-2 KiB
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True, kw_only=True)
+class IssuerFetch:
+    """One AIA caIssuers URL and what fetching it gave."""
+
+    url: str
+    certificates: tuple[x509.Certificate, ...] = ()
+    size: int = 0  # bytes received
+    error: str = ""  # "" when certificates were parsed
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"url": self.url, "bytes": self.size}
+        if self.certificates:
+            out["subjects"] = [c.subject.rfc4514_string() for c in self.certificates]
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+def ca_issuer_urls(cert: x509.Certificate) -> tuple[str, ...]:
+    """The certificate's AIA caIssuers URLs (http and https), at most
+    MAX_ISSUER_URLS; empty when it has none or the extension is malformed."""
+    try:
+        aia = cert.extensions.get_extension_for_class(
+            x509.AuthorityInformationAccess
+        ).value
+    except (x509.ExtensionNotFound, ValueError):
+        return ()
+    urls = [
+        str(d.access_location.value)
+        for d in aia
+        if d.access_method == AuthorityInformationAccessOID.CA_ISSUERS
+        and isinstance(d.access_location, x509.UniformResourceIdentifier)
+        and str(d.access_location.value).lower().startswith(("http://", "https://"))
+    ]
+    return tuple(urls[:MAX_ISSUER_URLS])
+
+
+def parse_issuer_certificates(body: bytes) -> tuple[x509.Certificate, ...]:
+    """The certificates of an AIA answer: DER, PEM or PKCS#7 (DER or PEM), as
+    CAs publish them. Raises ValueError when it is none of these."""
+    parsers: list[Any] = []
+    if b"-----BEGIN PKCS7" in body:
+        parsers.append(pkcs7.load_pem_pkcs7_certificates)
+    elif b"-----BEGIN" in body:
+        parsers.append(x509.load_pem_x509_certificates)
+    else:
+        parsers.append(lambda b: [x509.load_der_x509_certificate(b)])
+        parsers.append(pkcs7.load_der_pkcs7_certificates)
+    for parse in parsers:
+        try:
+            certs = tuple(parse(body))
+        except ValueError:
+            continue
+        if certs:
+            return certs[:MAX_ISSUER_CERTIFICATES]
+    raise ValueError("the answer is not a certificate (DER, PEM or PKCS#7)")
 
 
 class TrustStore:
@@ -188,29 +254,109 @@ class ChainCheck:
     message: str  # how tls.certificate words the problem; "" when none
     issuer_not_found: bool = False  # the chain stops at an issuer nobody has
     verified: tuple[x509.Certificate, ...] = ()  # leaf to root, when trusted
+    # With the AIA answers: the certificate they gave that completes the
+    # chain to a trusted root (the intermediate the server should send).
+    missing_intermediate: x509.Certificate | None = None
 
 
-def check_chain(chain: Sequence[x509.Certificate], trust: TrustStore) -> ChainCheck:
-    """Verify `chain` (leaf first, as served) against `trust` with OpenSSL."""
+def _verify(
+    chain: Sequence[x509.Certificate],
+    trust: TrustStore,
+    extra: Sequence[x509.Certificate] = (),
+) -> tuple[int, str, tuple[x509.Certificate, ...]]:
+    """(OpenSSL error code or 0, its message, the verified chain)."""
     leaf = crypto.X509.from_cryptography(chain[0])
-    intermediates = [crypto.X509.from_cryptography(c) for c in chain[1:]]
+    intermediates = [crypto.X509.from_cryptography(c) for c in (*chain[1:], *extra)]
     context = crypto.X509StoreContext(trust.store, leaf, intermediates)
     try:
         verified = context.get_verified_chain()
     except crypto.X509StoreContextError as e:
         code = int(e.errors[0]) if e.errors else -1
         message = str(e.errors[2]) if len(e.errors) > 2 else str(e)
-        reason, text = _classify_openssl_error(code, message, len(chain))
+        return code, message, ()
+    return 0, "", tuple(c.to_cryptography() for c in verified)
+
+
+def issuer_urls_to_fetch(
+    chain: Sequence[x509.Certificate], trust: TrustStore
+) -> tuple[str, ...] | None:
+    """None when `chain` needs no AIA lookup (OpenSSL finds every issuer, or
+    fails for another reason); else the AIA caIssuers URLs of its last
+    certificate, empty when it names none."""
+    if not chain:
+        return None
+    code, _, _ = _verify(chain, trust)
+    if code not in _ISSUER_NOT_FOUND:
+        return None
+    return ca_issuer_urls(chain[-1])
+
+
+def check_chain(
+    chain: Sequence[x509.Certificate],
+    trust: TrustStore,
+    *,
+    issuers: Sequence[IssuerFetch] | None = None,
+) -> ChainCheck:
+    """Verify `chain` (leaf first, as served) against `trust` with OpenSSL.
+
+    `issuers`: what the AIA caIssuers URLs of the chain's last certificate
+    gave (None: not looked up). When OpenSSL can't find an issuer, they tell
+    a missing intermediate (the fetched certificate completes the chain to a
+    trusted root) from an untrusted CA (no AIA, or it leads nowhere trusted).
+    """
+    code, message, verified = _verify(chain, trust)
+    if not code:
+        return ChainCheck(reason=None, message="", verified=verified)
+    issuer_not_found = code in _ISSUER_NOT_FOUND or (
+        code == _X509_ERR_SELF_SIGNED_CERT_IN_CHAIN
+    )
+    if code in _ISSUER_NOT_FOUND and issuers is not None:
+        return _judge_with_issuers(chain, trust, issuers)
+    reason, text = _classify_openssl_error(code, message, len(chain))
+    return ChainCheck(reason=reason, message=text, issuer_not_found=issuer_not_found)
+
+
+def _judge_with_issuers(
+    chain: Sequence[x509.Certificate],
+    trust: TrustStore,
+    issuers: Sequence[IssuerFetch],
+) -> ChainCheck:
+    top = chain[-1]
+    issuer = top.issuer.rfc4514_string()
+    for fetch in issuers:
+        for candidate in fetch.certificates:
+            code, _, verified = _verify(chain, trust, [candidate])
+            if not code:
+                subject = candidate.subject.rfc4514_string()
+                return ChainCheck(
+                    reason=REASON_MISSING_INTERMEDIATE,
+                    message=f"the server does not send the intermediate certificate "
+                    f"{subject} (published at {fetch.url}); with it the chain leads "
+                    "to a trusted root",
+                    issuer_not_found=True,
+                    missing_intermediate=candidate,
+                )
+    if not issuers:
+        why = "and the certificate names no AIA URL to fetch it from"
+    elif any(f.certificates for f in issuers):
+        why = "and the certificate published at its AIA URL does not lead to a trusted root either"
+    else:
+        # The AIA URL could not be read: we can't tell which it is, and a
+        # public CA's intermediate is the likelier.
+        errors = "; ".join(f"{f.url}: {f.error}" for f in issuers)
         return ChainCheck(
-            reason=reason,
-            message=text,
-            issuer_not_found=code in _ISSUER_NOT_FOUND
-            or code == _X509_ERR_SELF_SIGNED_CERT_IN_CHAIN,
+            reason=REASON_MISSING_INTERMEDIATE
+            if len(chain) == 1
+            else REASON_UNTRUSTED_ISSUER,
+            message=f"the issuer {issuer} is neither sent nor trusted, and its "
+            f"AIA URL could not be fetched ({errors}): either the intermediate "
+            "is missing or the CA is not trusted",
+            issuer_not_found=True,
         )
     return ChainCheck(
-        reason=None,
-        message="",
-        verified=tuple(c.to_cryptography() for c in verified),
+        reason=REASON_UNTRUSTED_ISSUER,
+        message=f"the issuer {issuer} is not a trusted CA, {why}",
+        issuer_not_found=True,
     )
 
 
@@ -236,6 +382,8 @@ class CertVerification:
     issuer: str
     san_names: tuple[str, ...]
     chain_length: int
+    # The intermediate that the AIA lookup found missing, as an RFC 4514 name.
+    missing_intermediate: str | None = None
 
     @property
     def valid(self) -> bool:
@@ -261,13 +409,14 @@ def verify_chain(
     trust: TrustStore,
     *,
     now: float,
+    issuers: Sequence[IssuerFetch] | None = None,
 ) -> CertVerification:
     """Verify `chain` (leaf first, as served) for `name` against `trust`, with
-    every date judged at `now`."""
+    every date judged at `now`; `issuers` as in `check_chain`."""
     leaf = chain[0]
     problems: list[tuple[str, str]] = []
 
-    checked = check_chain(chain, trust)
+    checked = check_chain(chain, trust, issuers=issuers)
     if checked.reason is not None:
         problems.append((checked.reason, checked.message))
     # The leaf's dates always matter; the rest of the chain's once it leads to
@@ -309,6 +458,9 @@ def verify_chain(
         issuer=leaf.issuer.rfc4514_string(),
         san_names=sans,
         chain_length=len(chain),
+        missing_intermediate=checked.missing_intermediate.subject.rfc4514_string()
+        if checked.missing_intermediate is not None
+        else None,
     )
 
 

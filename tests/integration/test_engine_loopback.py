@@ -133,6 +133,29 @@ class FederationResource(Resource):
         return b'{"errcode": "M_UNRECOGNIZED"}'
 
 
+async def run_engine(
+    server_name: str,
+    dns_server: ZoneDnsServer,
+    ca_file: str,
+    threadpool: ThreadPool,
+    timeout: float = 4.0,
+) -> NetworkFindings:
+    """One real network check of `server_name`, resolving through
+    `dns_server`, trusting `ca_file`."""
+    settings = RunSettings(
+        server_name=server_name,
+        timeout_s=timeout,
+        cert_expiry_warning_days=14,
+        ca_files=(ca_file,),
+        dns_servers=(dns_server.address,),
+        user_agent="Synapse/test",
+    )
+    io = ProcessIO(reactor, threadpool=threadpool).for_run(settings)
+    return await NetworkChecker(io, settings).check(
+        Deadline.after(reactor, settings.timeout_s)
+    )
+
+
 class EngineLoopbackTest(unittest.TestCase):
     def setUp(self) -> None:
         self.ca = trustme.CA()
@@ -164,17 +187,8 @@ class EngineLoopbackTest(unittest.TestCase):
     async def run_engine(
         self, server_name: str, dns_server: ZoneDnsServer, timeout: float = 4.0
     ) -> NetworkFindings:
-        settings = RunSettings(
-            server_name=server_name,
-            timeout_s=timeout,
-            cert_expiry_warning_days=14,
-            ca_files=(self.ca_file,),
-            dns_servers=(dns_server.address,),
-            user_agent="Synapse/test",
-        )
-        io = ProcessIO(reactor, threadpool=self.threadpool).for_run(settings)
-        return await NetworkChecker(io, settings).check(
-            Deadline.after(reactor, settings.timeout_s)
+        return await run_engine(
+            server_name, dns_server, self.ca_file, self.threadpool, timeout
         )
 
     @staticmethod
