@@ -151,7 +151,8 @@ class Progress:
         if is_terminal(stream):
             self._loop = task.LoopingCall(self._draw)
             self._loop.clock = reactor
-            self._loop.start(self.INTERVAL_S, now=True)
+            # A closed terminal ends the progress line, never the run.
+            self._loop.start(self.INTERVAL_S, now=True).addErrback(lambda _: None)
 
     def _draw(self) -> None:
         elapsed = self._reactor.seconds() - self._started

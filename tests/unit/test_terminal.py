@@ -4,6 +4,7 @@ and the fix apart."""
 
 from __future__ import annotations
 
+import gc
 import io
 import re
 from pathlib import Path
@@ -133,6 +134,19 @@ class ProgressTest(SynchronousTestCase):
         reactor.advance(1)
         assert stream.getvalue().endswith("\r\x1b[K")  # nothing drawn after stop
         progress.stop()  # twice is harmless
+
+    def test_a_closed_terminal_stops_only_the_progress(self) -> None:
+        class ClosedTerminal(FakeTerminal):
+            def write(self, text: str) -> int:
+                raise OSError("EIO")
+
+        reactor = MemoryReactorClock()
+        progress = Progress(reactor, ClosedTerminal(), self.settings)
+        reactor.advance(1)
+        progress.stop()
+        del progress
+        gc.collect()  # an unhandled failed Deferred is logged when collected
+        assert not self.flushLoggedErrors(OSError)
 
     def test_no_progress_when_not_a_terminal(self) -> None:
         reactor = MemoryReactorClock()
