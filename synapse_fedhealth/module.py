@@ -18,7 +18,9 @@ from synapse_fedhealth.config import (
     parse_fedhealth_config,
 )
 from synapse_fedhealth.echo import EchoResource, NonceBook, secret_from_signing_key
+from synapse_fedhealth.engine.outbound import ThirdPartyAnswers
 from synapse_fedhealth.families import DefaultFamilies, FamilyFactory
+from synapse_fedhealth.families.outbound import OutboundEnvironment, probe_servers_for
 from synapse_fedhealth.monitor import log_config_problems
 from synapse_fedhealth.report import Report
 from synapse_fedhealth.resource import FedHealthResource
@@ -61,6 +63,11 @@ class FedHealthModule:
         # nonce secret comes from the signing key, which all processes share.
         self._nonces = NonceBook(secret=_nonce_secret(snapshot))
         self._io = ProcessIO(reactor)
+        self._outbound = (
+            _outbound_environment(api, config, snapshot)
+            if snapshot is not None and runs_network
+            else None
+        )
         self.service = FedHealthService(
             config=config,
             server_name=api.server_name,
@@ -110,7 +117,7 @@ class FedHealthModule:
         """The check families of each run. A subclass may add its own."""
         if snapshot is None:
             return _NoFamilies()
-        return DefaultFamilies(snapshot, echo=self._nonces)
+        return DefaultFamilies(snapshot, echo=self._nonces, outbound=self._outbound)
 
     async def _background_run(self) -> None:
         try:
@@ -129,6 +136,39 @@ def _start_shared_run(
     # follow the rules with make_deferred_yieldable.
     with PreserveLoggingContext():
         return run()
+
+
+def _outbound_environment(
+    api: ModuleApi, config: FedHealthConfig, snapshot: homeserver.HomeserverSnapshot
+) -> OutboundEnvironment | None:
+    """Synapse's own federation agent, database and traffic evidence for the
+    outbound families; None (the checks then skip) if this Synapse can't
+    give them."""
+    servers, source = probe_servers_for(
+        config.outbound_probe_servers,
+        [k.server_name for k in snapshot.trusted_key_servers],
+        snapshot.server_name,
+    )
+    client: homeserver.SynapseOutbound | None = None
+    try:
+        client = homeserver.SynapseOutbound(api)
+    except Exception as e:
+        # The report says so (outbound.reach skip); no start-up warning for it.
+        logger.info(
+            "synapse_fedhealth: Synapse's federation agent is not available "
+            "(%s: %s); outbound.reach is skipped",
+            type(e).__name__,
+            e,
+        )
+    traffic = homeserver.FederationTrafficRecorder(api, snapshot.server_name)
+    return OutboundEnvironment(
+        client=client,
+        destinations=client,
+        traffic=traffic,
+        probe_servers=servers,
+        source=source,
+        answers=ThirdPartyAnswers(homeserver.reactor_of(api).seconds),
+    )
 
 
 def _nonce_secret(snapshot: homeserver.HomeserverSnapshot | None) -> bytes | None:

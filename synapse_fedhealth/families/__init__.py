@@ -12,6 +12,12 @@ from typing import TYPE_CHECKING, Protocol
 
 from synapse_fedhealth.check_ids import Family, ids_of
 from synapse_fedhealth.families.network import NetworkFamily
+from synapse_fedhealth.families.outbound import (
+    OutboundEnvironment,
+    OutboundFamily,
+    SupportWellKnownFamily,
+    TrafficFamily,
+)
 from synapse_fedhealth.families.outside import EchoNonces, OutsideViewFamily
 from synapse_fedhealth.runner import CheckFamily, SkippedFamily
 from synapse_fedhealth.settings import RunSettings
@@ -39,9 +45,11 @@ class DefaultFamilies:
         snapshot: HomeserverSnapshot,
         *,
         echo: EchoNonces | None,
+        outbound: OutboundEnvironment | None = None,
     ) -> None:
         self._snapshot = snapshot
         self._echo = echo
+        self._outbound = outbound
 
     def first(self, io: RunIO, settings: RunSettings) -> Sequence[CheckFamily]:
         return [
@@ -53,6 +61,8 @@ class DefaultFamilies:
                 listeners=self._snapshot.listeners,
                 echo=self._echo,
             ),
+            SupportWellKnownFamily(io, self._snapshot.server_name),
+            OutboundFamily(self._outbound),
         ]
 
     def follow_ups(
@@ -61,19 +71,22 @@ class DefaultFamilies:
         from synapse_fedhealth.families.notary import NotaryFamily
         from synapse_fedhealth.families.targets import TargetInsiderFamily
 
+        traffic = TrafficFamily(self._outbound, network)
         if network is None:
             return [
                 SkippedFamily(
                     Family.TARGETS.value,
                     ids_of(Family.TARGETS, Family.NOTARY),
                     "not run: the network checks did not finish (see their results)",
-                )
+                ),
+                traffic,
             ]
         return [
             TargetInsiderFamily(io, self._snapshot, network),
             NotaryFamily(
                 io, self._snapshot, network, notary_check=settings.notary_check
             ),
+            traffic,
         ]
 
 
@@ -86,6 +99,7 @@ class OutsiderFamilies:
             OutsideViewFamily(
                 io, settings.server_name, public_baseurl=None, knows_config=False
             ),
+            SupportWellKnownFamily(io, settings.server_name),
         ]
 
     def follow_ups(

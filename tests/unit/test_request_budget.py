@@ -110,11 +110,12 @@ def _requests(http: FakeHttp) -> list[str]:
     return [url.split("?", 1)[0] for url, _, _ in http.requests]
 
 
-def test_a_healthy_run_makes_six_requests_and_four_dns_queries() -> None:
+def test_a_healthy_run_makes_seven_requests_and_four_dns_queries() -> None:
     report, http, tls, dns_queries = _run(notaries=())
     failed = [c.id for c in report.checks if c.status.value == "fail"]
     assert not failed
-    assert len(http.requests) == 6, _requests(http)
+    # The seventh is the support well-known (client.support_well_known).
+    assert len(http.requests) == 7, _requests(http)
     # The server name's A, AAAA and its two SRV names; nothing asked twice.
     assert dns_queries == 4
     assert tls.probed == [SERVER_IP]
@@ -128,7 +129,7 @@ def test_a_notary_costs_one_resolution_and_one_post() -> None:
         [".well-known", "matrix", "server"],
         ["key", "v2", "query"],
     ]
-    assert len(http.requests) == 8
+    assert len(http.requests) == 9
     assert tls.probed == [SERVER_IP]
     # The notary's A, AAAA and two SRV names.
     assert dns_queries == 8
