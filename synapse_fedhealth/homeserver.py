@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import os
+import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -491,11 +492,8 @@ class SynapseOutbound:
         self._had_well_known_cache: Any = TTLCache(
             cache_name="fedhealth_had_well_known", server_name=hs.hostname
         )
-        self._well_known = WellKnownResolver(
-            server_name=hs.hostname,
-            reactor=self._blocking_reactor(),
-            clock=hs.get_clock(),
-            agent=_any(BlocklistingAgentWrapper)(
+        self._well_known_agent = _RecordingAgent(
+            _any(BlocklistingAgentWrapper)(
                 _any(ProxyAgent)(
                     reactor=self._blocking_reactor(),
                     proxy_reactor=self._reactor,
@@ -503,7 +501,13 @@ class SynapseOutbound:
                     proxy_config=self._proxy_config,
                 ),
                 ip_blocklist=self._blocklist,
-            ),
+            )
+        )
+        self._well_known = WellKnownResolver(
+            server_name=hs.hostname,
+            reactor=self._blocking_reactor(),
+            clock=hs.get_clock(),
+            agent=_any(self._well_known_agent),
             user_agent=self._user_agent,
             well_known_cache=self._well_known_cache,
             had_well_known_cache=self._had_well_known_cache,
@@ -556,6 +560,7 @@ class SynapseOutbound:
         from synapse_fedhealth.checks.outbound import OutboundProbe
 
         name = server_name.encode("ascii", "replace")
+        self._well_known_agent.errors.pop(server_name, None)
         self._well_known_cache.pop(name, None)
         self._had_well_known_cache.pop(name, None)
         srv = _recording_srv_resolver()
@@ -605,6 +610,7 @@ class SynapseOutbound:
             proxy=self._proxy_for(hosts),
             via_workers=self.via_workers,
             minimum_tls_version=self.minimum_tls_version,
+            well_known_error=self._well_known_agent.errors.pop(server_name, ()),
         )
 
     async def _get(
@@ -725,6 +731,34 @@ class SynapseOutbound:
         return await make_deferred_yieldable(
             self._api.run_db_interaction("fedhealth_destinations", _read_destinations)
         )
+
+
+class _RecordingAgent:
+    """Passes requests to `agent`, and keeps why each host's last one failed:
+    Synapse's WellKnownResolver swallows the error (it then ignores the
+    delegation), and that error is often the real cause."""
+
+    MAX_HOSTS = 64
+
+    def __init__(self, agent: Any) -> None:
+        self._agent = agent
+        self.errors: dict[str, tuple[str, ...]] = {}
+
+    def request(
+        self, method: bytes, uri: bytes, headers: Any = None, bodyProducer: Any = None
+    ) -> Any:
+        from synapse_fedhealth.engine.outbound import error_chain
+
+        host = urllib.parse.urlsplit(uri.decode("ascii", "replace")).hostname or ""
+
+        def failed(failure: Any) -> Any:
+            if len(self.errors) < self.MAX_HOSTS:
+                self.errors[host] = error_chain(failure)
+            return failure
+
+        d = self._agent.request(method, uri, headers, bodyProducer)
+        d.addErrback(failed)
+        return d
 
 
 def _any(value: Any) -> Any:

@@ -46,7 +46,7 @@ FIXES: Mapping[str, str] = {
     "server is meant to be reached (a private federation), add its range to "
     "`ip_range_whitelist` in homeserver.yaml; otherwise its DNS is wrong.",
     PROXY: "Federation goes through the outbound proxy {proxy} (`https_proxy` "
-    "in homeserver.yaml or the SYNAPSE_HTTPS_PROXY / HTTPS_PROXY environment) "
+    "in homeserver.yaml or the https_proxy / HTTPS_PROXY environment variable) "
     "and that proxy failed: {error}. Start the proxy, correct the setting, or "
     "list the host in `no_proxy_hosts`.",
     DNS: "Synapse's resolver (the system resolver: /etc/resolv.conf, "
@@ -111,6 +111,9 @@ class OutboundProbe:
     # Federation to this host goes through workers (outbound_federation_restricted_to).
     via_workers: tuple[str, ...] = ()
     minimum_tls_version: str = "1"
+    # Why fetching its /.well-known/matrix/server failed, if it did: Synapse
+    # then ignores the delegation silently and tries the name itself.
+    well_known_error: tuple[str, ...] = ()
     elapsed_ms: int = 0
     error: str = ""  # the probe could not run at all
 
@@ -162,8 +165,37 @@ def _hosts_text(probe: OutboundProbe) -> str:
     return ", ".join(f"{h.host}:{h.port}" for h in probe.hosts[:MAX_NAMED])
 
 
+def _is_tls_failure(text: str) -> bool:
+    return any(m in text for m in (*_TLS_VERSION_MARKERS, *_CERTIFICATE_MARKERS)) or (
+        "ssl" in text
+    )
+
+
 def classify(probe: OutboundProbe, answer: PathAnswer) -> Cause:
     """Why `answer` did not come back 200 with the right server's data."""
+    cause = _classify_answer(probe, answer)
+    well_known = " | ".join(probe.well_known_error).lower()
+    if (
+        cause.reason in (REFUSED, TIMEOUT, DNS)
+        and well_known
+        and _is_tls_failure(well_known)
+        and probe.proxy is None
+    ):
+        # The well-known's TLS failed, so Synapse dropped the delegation and
+        # went to <name>:8448, which failed in turn: the certificate is the
+        # cause, not the fallback.
+        reason = certificate_reason(well_known)
+        summary = (
+            f"Synapse rejects the certificate of https://{probe.server_name}/ "
+            f"({reason}), so it ignores its well-known delegation; then "
+            f"{cause.summary}"
+        )
+        fix = FIXES[CERTIFICATE].format(server=probe.server_name, cert_reason=reason)
+        return Cause(CERTIFICATE, summary, fix, reason)
+    return cause
+
+
+def _classify_answer(probe: OutboundProbe, answer: PathAnswer) -> Cause:
     text = _text(answer)
     server = probe.server_name
     hosts = _hosts_text(probe)
@@ -219,6 +251,10 @@ def classify(probe: OutboundProbe, answer: PathAnswer) -> Cause:
         if not resolved:
             return cause(DNS, f"Synapse's resolver can't resolve {hosts}")
     if answer.timed_out or "timeout" in text or "timed out" in text:
+        if "srvlookuptimeout" in text or (
+            probe.hosts and all(h.error and not h.addresses for h in probe.hosts)
+        ):
+            return cause(DNS, f"Synapse's resolver did not answer for {hosts}")
         if probe.proxy is not None:
             return cause(
                 PROXY, f"the outbound proxy {probe.proxy} did not answer for {server}"
