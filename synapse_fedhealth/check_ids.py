@@ -25,6 +25,9 @@ class Family(enum.Enum):
     OUTSIDE = "insider"  # requests through the public client paths
     TARGETS = "insider (targets)"  # our key at the resolved targets
     NOTARY = "notary"
+    SUPPORT = "insider (support)"  # the MSC1929 support well-known
+    OUTBOUND = "outbound"  # reaching out as Synapse's own client does
+    TRAFFIC = "traffic"  # real federation traffic seen by this process
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -65,6 +68,11 @@ CHECKS: tuple[CheckSpec, ...] = (
     CheckSpec("federation.key_matches_local", Family.TARGETS, Needs.OUR_KEY),
     CheckSpec("federation.signed_request", Family.TARGETS, Needs.OUR_KEY),
     CheckSpec("federation.notary", Family.NOTARY, Needs.OUR_KEY | Needs.CONFIG),
+    CheckSpec("client.support_well_known", Family.SUPPORT),
+    # Synapse's own outbound settings and records: only the module has them.
+    CheckSpec("outbound.reach", Family.OUTBOUND, Needs.CONFIG),
+    CheckSpec("outbound.destinations", Family.OUTBOUND, Needs.CONFIG),
+    CheckSpec("federation.traffic", Family.TRAFFIC, Needs.CONFIG),
 )
 
 ALL_CHECK_IDS: tuple[str, ...] = tuple(spec.id for spec in CHECKS)
@@ -80,4 +88,12 @@ def ids_needing_more_than_outside_view() -> tuple[str, ...]:
 
 
 # The families that run only on the process that runs background tasks.
-NETWORK_RUN_FAMILIES = (Family.NETWORK, Family.OUTSIDE, Family.TARGETS, Family.NOTARY)
+NETWORK_RUN_FAMILIES = (
+    Family.NETWORK,
+    Family.OUTSIDE,
+    Family.TARGETS,
+    Family.NOTARY,
+    Family.SUPPORT,
+    Family.OUTBOUND,
+    Family.TRAFFIC,
+)

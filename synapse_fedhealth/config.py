@@ -17,6 +17,8 @@ from typing import Any
 
 import attr
 
+from synapse_fedhealth.matrix_names import ServerNameError, parse_server_name
+
 MS_PER_SECOND = 1000
 _DURATION_UNITS_MS = {
     "ms": 1,
@@ -42,6 +44,8 @@ MAX_STARTUP_DELAY_MS = 60 * 60 * 1000
 MAX_CACHE_TTL_MS = 24 * 60 * 60 * 1000
 MAX_CERT_EXPIRY_WARNING_DAYS = 365
 MAX_DNS_SERVERS = 8
+# Each probe server costs two requests per minute at most (SPEC 2.2).
+MAX_OUTBOUND_PROBE_SERVERS = 16
 
 
 class FedHealthConfigError(Exception):
@@ -67,6 +71,8 @@ class FedHealthConfig:
     tls_ca_file: str | None = None
     dns_servers: tuple[str, ...] = ()
     notary_check: bool = True
+    # None: the trusted key servers' names; (): no active outbound probe.
+    outbound_probe_servers: tuple[str, ...] | None = None
 
     @property
     def timeout_s(self) -> float:
@@ -170,6 +176,31 @@ def _ca_file(value: object) -> str | None:
     return value
 
 
+def _string_list(
+    key: str,
+    value: list[object],
+    *,
+    what: str,
+    at_most: int,
+    validate: Callable[[str], object],
+) -> tuple[str, ...]:
+    """Each entry a string that `validate` accepts (a ValueError says why
+    not); duplicates dropped."""
+    if len(value) > at_most:
+        raise FedHealthConfigError(key, f"at most {at_most} servers")
+    entries: list[str] = []
+    for entry in value:
+        if not isinstance(entry, str):
+            raise FedHealthConfigError(key, f"expected {what}, not {entry!r}")
+        try:
+            validate(entry)
+        except ValueError as e:
+            raise FedHealthConfigError(key, str(e)) from None
+        if entry not in entries:
+            entries.append(entry)
+    return tuple(entries)
+
+
 def _dns_servers(value: object) -> tuple[str, ...]:
     key = "dns_servers"
     if value is None:
@@ -178,18 +209,38 @@ def _dns_servers(value: object) -> tuple[str, ...]:
         raise FedHealthConfigError(
             key, f"expected a list of IP addresses, not {value!r}"
         )
-    if len(value) > MAX_DNS_SERVERS:
-        raise FedHealthConfigError(key, f"at most {MAX_DNS_SERVERS} servers")
-    servers = []
-    for entry in value:
-        if not isinstance(entry, str):
-            raise FedHealthConfigError(key, f"expected an IP address, not {entry!r}")
-        try:
-            parse_dns_server(entry)
-        except ValueError as e:
-            raise FedHealthConfigError(key, str(e)) from None
-        servers.append(entry)
-    return tuple(servers)
+    return _string_list(
+        key,
+        value,
+        what="an IP address",
+        at_most=MAX_DNS_SERVERS,
+        validate=parse_dns_server,
+    )
+
+
+def _server_name(entry: str) -> None:
+    try:
+        parse_server_name(entry)
+    except ServerNameError as e:
+        raise ValueError(f"{entry!r} is not a server name: {e}") from None
+
+
+def _outbound_probe_servers(value: object) -> tuple[str, ...] | None:
+    key = "outbound_probe_servers"
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise FedHealthConfigError(
+            key,
+            f"expected a list of server names such as ['matrix.org'], not {value!r}",
+        )
+    return _string_list(
+        key,
+        value,
+        what="a server name",
+        at_most=MAX_OUTBOUND_PROBE_SERVERS,
+        validate=_server_name,
+    )
 
 
 def parse_dns_server(entry: str) -> tuple[str, int]:
@@ -230,6 +281,7 @@ _PARSERS: Mapping[str, Callable[[object], Any]] = {
     "tls_ca_file": _ca_file,
     "dns_servers": _dns_servers,
     "notary_check": lambda v: _bool("notary_check", v),
+    "outbound_probe_servers": _outbound_probe_servers,
 }
 
 _FIELD_FOR_KEY = {

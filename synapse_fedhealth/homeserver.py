@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -483,3 +484,555 @@ def may_have_workers(api: ModuleApi) -> bool:
     except (AttributeError, TypeError):  # a Synapse that moved its config
         # Share anyway: the table costs little.
         return True
+
+
+# -- the outbound direction (SPEC 4.6) ----------------------------------------------
+
+# Bounded answers: the version and key responses are small JSON objects.
+OUTBOUND_MAX_BODY = 64 * 1024  # 64 KiB
+# Of the time a probe has, the agent's request gets this share; the rest is
+# for the lookups that name the cause of a failure.
+OUTBOUND_REQUEST_SHARE = 0.7
+MAX_SHARED_ROOM_SERVERS_QUERY_ROWS = 50
+DEFAULT_FEDERATION_PORT = 8448
+
+
+class SynapseOutbound:
+    """`engine.outbound.OutboundClient` and `DestinationsReader` on Synapse's
+    own code: the `MatrixFederationAgent` that `MatrixFederationHttpClient`
+    builds (same IP ranges, TLS policy, proxy config and user agent; through
+    Synapse's `ProxyAgent` to the federation proxy workers when
+    `outbound_federation_restricted_to` excludes this instance; wrapped in
+    the same `BlocklistingAgentWrapper`), without the client around it, so
+    nothing touches the destinations table, backoff or retry state. The SRV
+    and well-known caches are our own: Synapse's module-wide SRV cache and
+    its well-known cache stay as they were.
+    """
+
+    def __init__(self, api: ModuleApi) -> None:
+        from synapse.crypto.context_factory import FederationPolicyForHTTPS
+        from synapse.http.client import BlocklistingAgentWrapper
+        from synapse.http.federation.well_known_resolver import WellKnownResolver
+        from synapse.http.proxyagent import ProxyAgent
+        from synapse.util.caches.ttlcache import TTLCache
+
+        hs = api._hs
+        self._api = api
+        self._hs = hs
+        # Any: Synapse's zope interfaces need the mypy-zope plugin to type.
+        self._reactor: Any = hs.get_reactor()
+        config = hs.config
+        self._tls_policy: Any = FederationPolicyForHTTPS(config)
+        self._user_agent = user_agent_of(api).encode("ascii", "replace")
+        self._blocklist = config.server.federation_ip_range_blocklist
+        self._allowlist = config.server.federation_ip_range_allowlist
+        self._proxy_config = config.server.proxy_config
+        self.minimum_tls_version = str(config.tls.federation_client_minimum_tls_version)
+        restricted = config.worker.outbound_federation_restricted_to
+        self._direct = hs.get_instance_name() in restricted
+        self.via_workers: tuple[str, ...] = (
+            () if self._direct else tuple(restricted.instances or ())
+        )
+        self._worker_agent = None
+        if not self._direct:
+            from synapse.http.connectproxyclient import BearerProxyCredentials
+
+            secret = config.worker.worker_replication_secret or ""
+            self._worker_agent = BlocklistingAgentWrapper(
+                _any(ProxyAgent)(
+                    reactor=self._reactor,
+                    proxy_reactor=self._reactor,
+                    contextFactory=self._tls_policy,
+                    federation_proxy_locations=restricted.locations,
+                    federation_proxy_credentials=BearerProxyCredentials(
+                        secret.encode("ascii")
+                    ),
+                ),
+                ip_blocklist=self._blocklist,
+            )
+        # Our own well-known caches, registered once per process under our
+        # own cache names (a second "well-known" would take over Synapse's
+        # cache metrics); emptied of a server before each probe of it.
+        self._well_known_cache: Any = TTLCache(
+            cache_name="fedhealth_well_known", server_name=hs.hostname
+        )
+        self._had_well_known_cache: Any = TTLCache(
+            cache_name="fedhealth_had_well_known", server_name=hs.hostname
+        )
+        self._well_known_agent = _RecordingAgent(
+            _any(BlocklistingAgentWrapper)(
+                _any(ProxyAgent)(
+                    reactor=self._blocking_reactor(),
+                    proxy_reactor=self._reactor,
+                    contextFactory=self._tls_policy,
+                    proxy_config=self._proxy_config,
+                ),
+                ip_blocklist=self._blocklist,
+            )
+        )
+        self._well_known = WellKnownResolver(
+            server_name=hs.hostname,
+            reactor=self._blocking_reactor(),
+            clock=hs.get_clock(),
+            agent=_any(self._well_known_agent),
+            user_agent=self._user_agent,
+            well_known_cache=self._well_known_cache,
+            had_well_known_cache=self._had_well_known_cache,
+        )
+
+    def _blocking_reactor(self) -> Any:
+        from synapse.http.client import BlocklistingReactorWrapper
+
+        return BlocklistingReactorWrapper(
+            self._reactor, self._allowlist, self._blocklist
+        )
+
+    # -- OutboundClient ------------------------------------------------------------
+
+    async def probe(
+        self, server_name: str, paths: Sequence[str], timeout_s: float
+    ) -> Any:
+        from synapse.logging.context import make_deferred_yieldable
+
+        from synapse_fedhealth.checks.outbound import OutboundProbe
+
+        start = self._reactor.seconds()
+        try:
+            d = self._api.run_as_background_process(
+                "fedhealth_outbound_probe",
+                self._probe,
+                server_name,
+                tuple(paths),
+                timeout_s,
+            )
+            probe = await make_deferred_yieldable(d)
+        except Exception as e:  # a bug of ours; never an exception for the run
+            probe = OutboundProbe(
+                server_name=server_name, error=f"{type(e).__name__}: {e}"
+            )
+        if probe is None:
+            probe = OutboundProbe(server_name=server_name, error="no result")
+        return attr.evolve(
+            probe, elapsed_ms=int((self._reactor.seconds() - start) * 1000)
+        )
+
+    async def _probe(
+        self, server_name: str, paths: tuple[str, ...], timeout_s: float
+    ) -> Any:
+        from synapse.http.client import BlocklistingAgentWrapper
+        from synapse.http.federation.matrix_federation_agent import (
+            MatrixFederationAgent,
+        )
+
+        from synapse_fedhealth.checks.outbound import OutboundProbe
+
+        name = server_name.encode("ascii", "replace")
+        self._well_known_agent.errors.pop(server_name, None)
+        self._well_known_cache.pop(name, None)
+        self._had_well_known_cache.pop(name, None)
+        srv = _recording_srv_resolver()
+        agent: Any = self._worker_agent
+        pool = None
+        if agent is None:
+            direct = MatrixFederationAgent(
+                server_name=self._hs.hostname,
+                reactor=self._reactor,
+                clock=self._hs.get_clock(),
+                tls_client_options_factory=self._tls_policy,
+                user_agent=self._user_agent,
+                ip_allowlist=self._allowlist,
+                ip_blocklist=self._blocklist,
+                proxy_config=self._proxy_config,
+                _srv_resolver=srv,
+                _well_known_resolver=self._well_known,
+            )
+            pool = direct._pool
+            agent = _any(BlocklistingAgentWrapper)(direct, ip_blocklist=self._blocklist)
+        budget_end = self._reactor.seconds() + timeout_s
+        request_s = timeout_s * OUTBOUND_REQUEST_SHARE
+        delegated: str | None = None
+        answers = []
+        try:
+            for path in paths:
+                left = min(request_s, budget_end - self._reactor.seconds())
+                answer = await self._get(agent, server_name, path, left, srv)
+                answers.append(answer)
+                if answer.status is None:
+                    break
+            cached = self._well_known_cache.get(name, None)
+            if cached:
+                delegated = cached.decode("ascii", "replace")
+        finally:
+            if pool is not None:
+                pool.closeCachedConnections()
+        # Also on success: the report names the hosts Synapse reached.
+        hosts = await self._hosts(
+            delegated or server_name, srv, budget_end - self._reactor.seconds()
+        )
+        return OutboundProbe(
+            server_name=server_name,
+            answers=tuple(answers),
+            delegated_to=delegated,
+            hosts=hosts,
+            proxy=self._proxy_for(hosts),
+            via_workers=self.via_workers,
+            minimum_tls_version=self.minimum_tls_version,
+            well_known_error=self._well_known_agent.errors.pop(server_name, ()),
+        )
+
+    async def _get(
+        self, agent: Any, server_name: str, path: str, timeout_s: float, srv: Any
+    ) -> Any:
+        import io
+
+        from synapse.http.client import read_body_with_max_size
+        from synapse.logging.context import make_deferred_yieldable
+        from twisted.internet import defer
+
+        from synapse_fedhealth.checks.outbound import PathAnswer
+        from synapse_fedhealth.engine.outbound import answer_from_error
+
+        uri = f"matrix-federation://{server_name}{path}".encode("ascii", "replace")
+        try:
+            d = defer.ensureDeferred(_awaitable(agent.request(b"GET", uri)))
+            d.addTimeout(max(0.0, timeout_s), self._reactor)
+            response = await d
+            body = io.BytesIO()
+            read = read_body_with_max_size(response, body, OUTBOUND_MAX_BODY)
+            read.addTimeout(max(0.1, timeout_s), self._reactor)
+            await make_deferred_yieldable(read)
+            return PathAnswer(path=path, status=response.code, body=body.getvalue())
+        except Exception as e:
+            answer = answer_from_error(path, e)
+            if srv.pending:
+                answer = attr.evolve(
+                    answer,
+                    error_chain=(
+                        "SrvLookupTimeout: the SRV lookup of "
+                        + ", ".join(sorted(srv.pending))
+                        + " did not finish",
+                        *answer.error_chain,
+                    ),
+                )
+            return answer
+
+    async def _hosts(self, name: str, srv: Any, timeout_s: float) -> tuple[Any, ...]:
+        """The hosts Synapse's agent connects to for `name` (after its
+        well-known), each resolved with the system resolver Synapse uses,
+        unfiltered, to tell "did not resolve" from "resolved but blocked"."""
+        from synapse.http.client import _is_ip_blocked
+        from twisted.internet import defer
+
+        from synapse_fedhealth.checks.outbound import HostLookup
+        from synapse_fedhealth.matrix_names import parse_server_name
+
+        try:
+            parsed = parse_server_name(name, strict=False)
+            host, port = parsed.host, parsed.port
+        except ValueError:
+            return ()
+        targets: list[tuple[str, int]] = []
+        if port is None and parsed.ip is None:
+            for service in (b"_matrix-fed._tcp.", b"_matrix._tcp."):
+                found = srv.servers.get(service + host.encode("ascii", "replace"))
+                if found:
+                    targets = [
+                        (s.host.decode("ascii", "replace"), s.port) for s in found
+                    ]
+                    break
+        if not targets:
+            targets = [(host, port or DEFAULT_FEDERATION_PORT)]
+        targets = targets[:5]
+
+        async def look(target: tuple[str, int]) -> HostLookup:
+            from netaddr import IPAddress  # type: ignore[import-untyped]
+
+            h, p = target
+            try:
+                d = _resolve_host(self._reactor, h, p)
+                d.addTimeout(max(0.5, timeout_s), self._reactor)
+                addresses = await d
+            except Exception as e:
+                return HostLookup(h, p, error=f"{type(e).__name__}: {e}"[:200])
+            blocked = tuple(
+                a
+                for a in addresses
+                if _is_ip_blocked(IPAddress(a), self._allowlist, self._blocklist)
+            )
+            error = "" if addresses else "no addresses"
+            return HostLookup(h, p, tuple(addresses), blocked, error)
+
+        results: list[Any] = await defer.gatherResults(
+            [defer.ensureDeferred(look(t)) for t in targets], consumeErrors=True
+        )
+        return tuple(results)
+
+    def _proxy_for(self, hosts: Sequence[Any]) -> str | None:
+        """The https proxy federation to these hosts goes through, as Synapse's
+        MatrixHostnameEndpoint decides it (https_proxy only, minus
+        no_proxy_hosts), without its credentials."""
+        from urllib.request import (  # type: ignore[attr-defined]
+            proxy_bypass_environment,
+        )
+
+        config = self._proxy_config
+        if not self._direct or config is None or not config.https_proxy:
+            return None
+        proxies = config.get_proxies_dictionary()
+        if hosts and all(
+            proxy_bypass_environment(h.host, proxies=proxies) for h in hosts
+        ):
+            return None
+        proxy = str(config.https_proxy)
+        # Never show credentials (user:password@host).
+        if "@" in proxy:
+            scheme, _, rest = proxy.rpartition("//")
+            proxy = (scheme + "//" if scheme else "") + rest.rsplit("@", 1)[1]
+        return proxy
+
+    # -- DestinationsReader --------------------------------------------------------
+
+    async def read(self) -> Any:
+        from synapse.logging.context import make_deferred_yieldable
+
+        return await make_deferred_yieldable(
+            self._api.run_db_interaction("fedhealth_destinations", _read_destinations)
+        )
+
+
+class _RecordingAgent:
+    """Passes requests to `agent`, and keeps why each host's last one failed:
+    Synapse's WellKnownResolver swallows the error (it then ignores the
+    delegation), and that error is often the real cause."""
+
+    MAX_HOSTS = 64
+
+    def __init__(self, agent: Any) -> None:
+        self._agent = agent
+        self.errors: dict[str, tuple[str, ...]] = {}
+
+    def request(
+        self, method: bytes, uri: bytes, headers: Any = None, bodyProducer: Any = None
+    ) -> Any:
+        from synapse_fedhealth.engine.outbound import error_chain
+
+        host = urllib.parse.urlsplit(uri.decode("ascii", "replace")).hostname or ""
+
+        def failed(failure: Any) -> Any:
+            if len(self.errors) < self.MAX_HOSTS:
+                self.errors[host] = error_chain(failure)
+            return failure
+
+        d = self._agent.request(method, uri, headers, bodyProducer)
+        d.addErrback(failed)
+        return d
+
+
+def _any(value: Any) -> Any:
+    """Synapse's agents implement zope interfaces, which mypy sees only with
+    the mypy-zope plugin."""
+    return value
+
+
+def _awaitable(d: Any) -> Any:
+    async def wait() -> Any:
+        return await d
+
+    return wait()
+
+
+def _recording_srv_resolver() -> Any:
+    """Synapse's SrvResolver with a cache of its own (not the module-wide
+    SERVER_CACHE), recording what it found and what is still pending."""
+    from synapse.http.federation.srv_resolver import SrvResolver
+
+    class RecordingSrvResolver(SrvResolver):
+        def __init__(self) -> None:
+            super().__init__(cache={})
+            self.servers: dict[bytes, list[Any]] = {}
+            self.pending: set[str] = set()
+
+        async def resolve_service(self, service_name: bytes) -> list[Any]:
+            label = service_name.decode("ascii", "replace")
+            self.pending.add(label)
+            try:
+                servers = await super().resolve_service(service_name)
+            finally:
+                self.pending.discard(label)
+            self.servers[service_name] = list(servers)
+            return servers
+
+    return RecordingSrvResolver()
+
+
+def _resolve_host(reactor: Any, host: str, port: int) -> Any:
+    """The reactor's own name resolver (what Synapse's HostnameEndpoint
+    uses: getaddrinfo in a thread), unfiltered."""
+    from twisted.internet import defer
+    from twisted.internet.address import IPv4Address, IPv6Address
+    from twisted.internet.interfaces import IResolutionReceiver
+    from zope.interface import implementer
+
+    d: defer.Deferred[list[str]] = defer.Deferred()
+    found: list[str] = []
+
+    @implementer(IResolutionReceiver)
+    class Receiver:
+        @staticmethod
+        def resolutionBegan(resolution: Any) -> None:
+            pass
+
+        @staticmethod
+        def addressResolved(address: Any) -> None:
+            if isinstance(address, (IPv4Address, IPv6Address)) and (
+                address.host not in found
+            ):
+                found.append(address.host)
+
+        @staticmethod
+        def resolutionComplete() -> None:
+            if not d.called:
+                d.callback(found)
+
+    reactor.nameResolver.resolveHostName(Receiver(), host, portNumber=port)
+    return d
+
+
+def _read_destinations(txn: Any) -> Any:
+    """Read-only: counts, the longest-failing destinations, and the remote
+    servers we share rooms with."""
+    from synapse_fedhealth.checks.outbound import DestinationRow, DestinationsRecord
+
+    failing_where = "(failure_ts IS NOT NULL OR retry_interval > 0)"
+    txn.execute("SELECT COUNT(*) FROM destinations")
+    total = int(txn.fetchone()[0])
+    txn.execute(
+        f"SELECT COUNT(*), SUM(CASE WHEN last_successful_stream_ordering IS NOT NULL "
+        f"THEN 1 ELSE 0 END) FROM destinations WHERE {failing_where}"
+    )
+    failing_total, failing_before = txn.fetchone()
+    txn.execute(
+        "SELECT destination, retry_last_ts, retry_interval, failure_ts, "
+        "last_successful_stream_ordering FROM destinations "
+        f"WHERE {failing_where} ORDER BY failure_ts ASC LIMIT 20"
+    )
+    rows = tuple(
+        DestinationRow(
+            destination=str(r[0]),
+            retry_last_ts=r[1],
+            retry_interval=r[2],
+            failure_ts=r[3],
+            last_successful_stream_ordering=r[4],
+        )
+        for r in txn.fetchall()
+    )
+    shared: int | None
+    try:
+        from synapse.storage.engines import PostgresEngine
+
+        find = (
+            "strpos(state_key, ':')"
+            if isinstance(txn.database_engine, PostgresEngine)
+            else "instr(state_key, ':')"
+        )
+        txn.execute(
+            f"SELECT COUNT(DISTINCT substr(state_key, {find} + 1)) "
+            "FROM current_state_events WHERE type = 'm.room.member' "
+            "AND membership = 'join'"
+        )
+        all_servers = int(txn.fetchone()[0])
+        # Minus our own server, when it has joined members (it always has
+        # when it is in a room at all).
+        shared = max(0, all_servers - 1)
+    except Exception:
+        shared = None
+    return DestinationsRecord(
+        total=total,
+        failing=rows,
+        failing_total=int(failing_total or 0),
+        failing_succeeded_before=int(failing_before or 0),
+        shared_room_servers=shared,
+    )
+
+
+class FederationTrafficRecorder:
+    """`engine.outbound.TrafficSource`: Synapse's federation callbacks (events
+    we delivered, or that remote servers pulled) where available, and
+    Synapse's last-received / last-sent PDU gauges in the in-process
+    registry."""
+
+    MAX_SERVERS = 1000  # bounded memory, whatever the traffic
+
+    def __init__(self, api: ModuleApi, server_name: str) -> None:
+        self._server_name = server_name
+        self._reactor = reactor_of(api)
+        self._since_ms = int(self._reactor.seconds() * 1000)
+        self._delivered: dict[str, int] = {}
+        self.callbacks = False
+        register = getattr(api, "register_federation_callbacks", None)
+        if register is not None:
+            try:
+                register(on_event_delivered_over_federation=self._on_delivered)
+                self.callbacks = True
+            except Exception:
+                self.callbacks = False
+
+    async def _on_delivered(self, delivery: Any) -> None:
+        name = str(getattr(delivery, "server_name", ""))
+        if not name:
+            return
+        if name not in self._delivered and len(self._delivered) >= self.MAX_SERVERS:
+            return
+        self._delivered[name] = int(self._reactor.seconds() * 1000)
+
+    def record(self) -> Any:
+        from prometheus_client import REGISTRY
+
+        from synapse_fedhealth.checks.traffic import TrafficRecord
+
+        received = _gauge_times(
+            REGISTRY,
+            "synapse_federation_last_received_pdu_time",
+            "origin_server_name",
+            self._server_name,
+        )
+        sent = _gauge_times(
+            REGISTRY,
+            "synapse_federation_last_sent_pdu_time",
+            "destination_server_name",
+            self._server_name,
+        )
+        sources = []
+        if self.callbacks:
+            sources.append("federation callbacks")
+        if received is not None or sent is not None:
+            sources.append("Synapse's PDU metrics")
+        delivered = dict(sent or {})
+        for name, ts in self._delivered.items():
+            delivered[name] = max(ts, delivered.get(name, 0))
+        return TrafficRecord(
+            received_from=received or {},
+            delivered_to=delivered,
+            sources=tuple(sources),
+            since_ms=self._since_ms,
+        )
+
+
+def _gauge_times(
+    registry: Any, metric: str, label: str, server_name: str
+) -> dict[str, int] | None:
+    """server -> ms from one of Synapse's per-server timestamp gauges (in
+    seconds), or None when the gauge is not registered."""
+    names = getattr(registry, "_names_to_collectors", {})
+    collector = names.get(metric)
+    if collector is None:
+        return None
+    out: dict[str, int] = {}
+    for family in collector.collect():
+        for sample in family.samples:
+            other = sample.labels.get(label)
+            if sample.labels.get("server_name", server_name) != server_name:
+                continue
+            if other and sample.value > 0 and len(out) < 1000:
+                out[other] = int(sample.value * 1000)
+    return out

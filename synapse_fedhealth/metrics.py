@@ -35,6 +35,26 @@ TLS_CERT_EXPIRY = Gauge(
     "When the certificate served for federation expires (unix time)",
     ["server_name", "host"],
 )
+OUTBOUND_OK = Gauge(
+    "synapse_fedhealth_outbound_ok",
+    "1 when outbound.reach and outbound.destinations are not fail in the last "
+    "run, else 0",
+    ["server_name"],
+)
+OUTBOUND_CHECK_IDS = ("outbound.reach", "outbound.destinations")
+
+
+def outbound_ok(report: Report) -> bool | None:
+    """None when the run judged neither outbound check (a worker, federation
+    disabled, both skipped): then there is no series rather than a guess."""
+    judged = [
+        c
+        for c in report.checks
+        if c.id in OUTBOUND_CHECK_IDS and c.status.metric_value is not None
+    ]
+    if not judged:
+        return None
+    return not any(c.status.value == "fail" for c in judged)
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -44,6 +64,7 @@ class PublishedSeries:
     server_name: str
     check_ids: frozenset[str]
     hosts: frozenset[str]
+    outbound: bool = False
 
 
 class _LastPublished:
@@ -73,8 +94,12 @@ def record_report(
         if value is not None:
             worst[check.id] = max(worst.get(check.id, 0), value)
     expiry = dict(cert_expiry or {})
+    outbound = outbound_ok(report)
     published = PublishedSeries(
-        server_name=name, check_ids=frozenset(worst), hosts=frozenset(expiry)
+        server_name=name,
+        check_ids=frozenset(worst),
+        hosts=frozenset(expiry),
+        outbound=outbound is not None,
     )
     previous = _last_published.series
     if previous is not None:
@@ -87,6 +112,8 @@ def record_report(
     RUN_DURATION.labels(server_name=name).set(report.duration_ms / 1000)
     for host, not_after in expiry.items():
         TLS_CERT_EXPIRY.labels(server_name=name, host=host).set(not_after)
+    if outbound is not None:
+        OUTBOUND_OK.labels(server_name=name).set(1 if outbound else 0)
     _last_published.series = published
 
 
@@ -96,6 +123,8 @@ def _remove_stale(previous: PublishedSeries, current: PublishedSeries) -> None:
     if renamed:
         for gauge in (FEDERATION_OK, LAST_RUN_TIMESTAMP, RUN_DURATION):
             gauge.remove(old)
+    if previous.outbound and (renamed or not current.outbound):
+        OUTBOUND_OK.remove(old)
     for check_id in previous.check_ids:
         if renamed or check_id not in current.check_ids:
             CHECK_STATUS.remove(old, check_id)

@@ -33,7 +33,9 @@ from synapse_fedhealth.deployment import (
     SharedReports,
 )
 from synapse_fedhealth.echo import EchoResource, NonceBook, secret_from_signing_key
+from synapse_fedhealth.engine.outbound import ThirdPartyAnswers as OutboundAnswers
 from synapse_fedhealth.families import DefaultFamilies, FamilyFactory
+from synapse_fedhealth.families.outbound import OutboundEnvironment, probe_servers_for
 from synapse_fedhealth.monitor import log_config_problems
 from synapse_fedhealth.report import Report
 from synapse_fedhealth.resource import FedHealthResource
@@ -82,6 +84,11 @@ class FedHealthModule:
         # Notaries (and other servers) are asked at most once a minute for
         # the life of the process, however often runs come (SPEC 2.2).
         self._third_parties = ThirdPartyAnswers(reactor)
+        self._outbound = (
+            _outbound_environment(api, config, snapshot)
+            if snapshot is not None and runs_network
+            else None
+        )
         self.service = FedHealthService(
             config=config,
             server_name=api.server_name,
@@ -160,7 +167,10 @@ class FedHealthModule:
         if snapshot is None:
             return _NoFamilies()
         return DefaultFamilies(
-            snapshot, echo=self._nonces, third_parties=self._third_parties
+            snapshot,
+            echo=self._nonces,
+            third_parties=self._third_parties,
+            outbound=self._outbound,
         )
 
     def get_report(self, refresh: bool = False) -> defer.Deferred[Report]:
@@ -332,6 +342,39 @@ def _background(
         run(desc, func)
 
     return spawn
+
+
+def _outbound_environment(
+    api: ModuleApi, config: FedHealthConfig, snapshot: homeserver.HomeserverSnapshot
+) -> OutboundEnvironment | None:
+    """Synapse's own federation agent, database and traffic evidence for the
+    outbound families; None (the checks then skip) if this Synapse can't
+    give them."""
+    servers, source = probe_servers_for(
+        config.outbound_probe_servers,
+        [k.server_name for k in snapshot.trusted_key_servers],
+        snapshot.server_name,
+    )
+    client: homeserver.SynapseOutbound | None = None
+    try:
+        client = homeserver.SynapseOutbound(api)
+    except Exception as e:
+        # The report says so (outbound.reach skip); no start-up warning for it.
+        logger.info(
+            "synapse_fedhealth: Synapse's federation agent is not available "
+            "(%s: %s); outbound.reach is skipped",
+            type(e).__name__,
+            e,
+        )
+    traffic = homeserver.FederationTrafficRecorder(api, snapshot.server_name)
+    return OutboundEnvironment(
+        client=client,
+        destinations=client,
+        traffic=traffic,
+        probe_servers=servers,
+        source=source,
+        answers=OutboundAnswers(homeserver.reactor_of(api).seconds),
+    )
 
 
 def _nonce_secret(snapshot: homeserver.HomeserverSnapshot | None) -> bytes | None:

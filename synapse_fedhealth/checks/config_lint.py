@@ -9,6 +9,8 @@ no problem gives one `ok`, and one that does not apply gives one `skip`.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import urllib.parse
 from collections.abc import Callable
@@ -301,8 +303,63 @@ def check_outbound_tls(snapshot: HomeserverSnapshot) -> list[CheckResult]:
     return [ok(OUTBOUND_TLS, "peers' certificates are verified against the public CAs")]
 
 
-def check_signing_key(snapshot: HomeserverSnapshot) -> list[CheckResult]:
+def banned_signing_keys() -> tuple[str, ...]:
+    """Synapse's list of signing keys whose private half is public
+    (CVE-2026-24044), or none on a Synapse that predates it."""
+    try:
+        from synapse.crypto.keyring import BANNED_SERVER_SIGNING_KEYS
+    except ImportError:
+        return ()
+    return tuple(BANNED_SERVER_SIGNING_KEYS)
+
+
+def _key_bytes(text: str) -> bytes | None:
+    """Decoded key bytes, whether `text` is padded or unpadded base64.
+
+    Comparing the decoded bytes is what makes the ban match: Synapse's list is
+    padded base64, the key it compares with is unpadded, so comparing the
+    strings never matches."""
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def publicly_known_keys(
+    snapshot: HomeserverSnapshot, banned: tuple[str, ...]
+) -> list[str]:
+    """Key ids of our signing keys that are on the banned list."""
+    banned_bytes = {b for b in map(_key_bytes, banned) if b is not None}
+    return [
+        key.key_id
+        for key in snapshot.signing_keys
+        if _key_bytes(key.verify_key_base64) in banned_bytes
+    ]
+
+
+def check_signing_key(
+    snapshot: HomeserverSnapshot, banned: tuple[str, ...] | None = None
+) -> list[CheckResult]:
     results = []
+    public = publicly_known_keys(
+        snapshot, banned_signing_keys() if banned is None else banned
+    )
+    if public:
+        results.append(
+            fail(
+                SIGNING_KEY,
+                f"signing key {', '.join(public)} is publicly known: its private "
+                "half was generated from a fixed seed, so anyone can sign as this "
+                "server (CVE-2026-24044)",
+                fix="Rotate the key now: generate a new one with `generate_signing_key` "
+                "(or `python -m synapse.app.homeserver -c homeserver.yaml "
+                "--generate-keys` after moving the old file away), point "
+                "`signing_key_path` at it, and list the old key under "
+                "`old_signing_keys` with an `expired_ts` of now so peers stop "
+                "trusting it.",
+                details={"reason": "banned_key", "key_ids": public},
+            )
+        )
     if snapshot.signing_key_error is not None or not snapshot.signing_keys:
         error = snapshot.signing_key_error or "the signing key file holds no key"
         results.append(

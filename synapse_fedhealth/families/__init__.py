@@ -12,6 +12,12 @@ from typing import TYPE_CHECKING, Protocol
 
 from synapse_fedhealth.check_ids import Family, ids_of
 from synapse_fedhealth.families.network import NetworkFamily
+from synapse_fedhealth.families.outbound import (
+    OutboundEnvironment,
+    OutboundFamily,
+    SupportWellKnownFamily,
+    TrafficFamily,
+)
 from synapse_fedhealth.families.outside import (
     EchoNonces,
     ForwardedHeadersFamily,
@@ -45,10 +51,12 @@ class DefaultFamilies:
         *,
         echo: EchoNonces | None,
         third_parties: ThirdPartyAnswers | None = None,
+        outbound: OutboundEnvironment | None = None,
     ) -> None:
         self._snapshot = snapshot
         self._echo = echo
         self._third_parties = third_parties
+        self._outbound = outbound
 
     def first(self, io: RunIO, settings: RunSettings) -> Sequence[CheckFamily]:
         return [
@@ -58,6 +66,8 @@ class DefaultFamilies:
                 self._snapshot.server_name,
                 public_baseurl=self._snapshot.public_baseurl,
             ),
+            SupportWellKnownFamily(io, self._snapshot.server_name),
+            OutboundFamily(self._outbound),
         ]
 
     def follow_ups(
@@ -74,6 +84,7 @@ class DefaultFamilies:
             echo=self._echo,
             network=network,
         )
+        traffic = TrafficFamily(self._outbound, network)
         if network is None:
             return [
                 forwarded,
@@ -82,6 +93,7 @@ class DefaultFamilies:
                     ids_of(Family.TARGETS, Family.NOTARY),
                     "not run: the network checks did not finish (see their results)",
                 ),
+                traffic,
             ]
         return [
             forwarded,
@@ -93,6 +105,7 @@ class DefaultFamilies:
                 notary_check=settings.notary_check,
                 third_parties=self._third_parties,
             ),
+            traffic,
         ]
 
 
@@ -105,6 +118,7 @@ class OutsiderFamilies:
             OutsideViewFamily(
                 io, settings.server_name, public_baseurl=None, knows_config=False
             ),
+            SupportWellKnownFamily(io, settings.server_name),
         ]
 
     def follow_ups(

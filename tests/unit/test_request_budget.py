@@ -110,12 +110,13 @@ def _requests(http: FakeHttp) -> list[str]:
     return [url.split("?", 1)[0] for url, _, _ in http.requests]
 
 
-def test_a_healthy_run_makes_seven_requests_and_four_dns_queries() -> None:
+def test_a_healthy_run_makes_eight_requests_and_four_dns_queries() -> None:
     report, http, tls, dns_queries = _run(notaries=())
     failed = [c.id for c in report.checks if c.status.value == "fail"]
     assert not failed
-    # The echo goes through the client path and the federation path.
-    assert len(http.requests) == 7, _requests(http)
+    # The echo goes through the client path and the federation path; the
+    # eighth is the support well-known (client.support_well_known).
+    assert len(http.requests) == 8, _requests(http)
     echoes = [(u, c) for u, c, _ in http.requests if "/fedhealth/echo/" in u]
     assert [c for _, c in echoes].count((SERVER_IP, 8448)) == 1
     # The server name's A, AAAA and its two SRV names; nothing asked twice.
@@ -131,7 +132,7 @@ def test_a_notary_costs_one_resolution_and_one_post() -> None:
         [".well-known", "matrix", "server"],
         ["key", "v2", "query"],
     ]
-    assert len(http.requests) == 9
+    assert len(http.requests) == 10  # the 8 of a healthy run, and these 2
     assert tls.probed == [SERVER_IP]
     # The notary's A, AAAA and two SRV names.
     assert dns_queries == 8

@@ -1,0 +1,99 @@
+"""The outbound direction's I/O seams (SPEC 4.6), and the third-party rate
+limit of `outbound.reach`.
+
+The module's Synapse adapter (`homeserver.SynapseOutbound`) implements
+`OutboundClient` with Synapse's own federation agent, and
+`DestinationsReader` with Synapse's database; the traffic recorder feeds
+`TrafficSource`. Tests pass fakes. Nothing here imports Synapse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+from twisted.python.failure import Failure
+
+from synapse_fedhealth.checks.outbound import (
+    DestinationsRecord,
+    OutboundProbe,
+    PathAnswer,
+)
+from synapse_fedhealth.checks.traffic import TrafficRecord
+
+# SPEC 2.2: third parties are asked at most once a minute, however often a
+# refresh is asked for.
+THIRD_PARTY_MIN_INTERVAL_S = 60.0
+MAX_ERROR_CHAIN = 6
+
+
+class OutboundClient(Protocol):
+    """Reaches a server as Synapse's own federation client does."""
+
+    def probe(
+        self, server_name: str, paths: Sequence[str], timeout_s: float
+    ) -> Awaitable[OutboundProbe]:
+        """Never raises: every failure is in the probe's answers."""
+
+
+class DestinationsReader(Protocol):
+    def read(self) -> Awaitable[DestinationsRecord]: ...
+
+
+class TrafficSource(Protocol):
+    def record(self) -> TrafficRecord: ...
+
+
+def error_chain(error: BaseException | Failure) -> tuple[str, ...]:
+    """ "TypeName: message" of an error and of what it wraps: Twisted's
+    ResponseNeverReceived and friends hold a list of Failures in `reasons`,
+    and the real cause (an SSL error, a refused connection) is inside."""
+    out: list[str] = []
+    pending: list[BaseException | Failure] = [error]
+    while pending and len(out) < MAX_ERROR_CHAIN:
+        item = pending.pop(0)
+        value: BaseException | None = item.value if isinstance(item, Failure) else item
+        if value is None:
+            continue
+        out.append(f"{type(value).__name__}: {value}"[:300])
+        reasons = getattr(value, "reasons", None)
+        if isinstance(reasons, list):
+            pending.extend(
+                r for r in reasons if isinstance(r, (Failure, BaseException))
+            )
+        inner = getattr(value, "subFailure", None) or value.__cause__
+        if isinstance(inner, (Failure, BaseException)):
+            pending.append(inner)
+    return tuple(out)
+
+
+def answer_from_error(path: str, error: BaseException | Failure) -> PathAnswer:
+    chain = error_chain(error)
+    timed_out = any(
+        c.startswith(("TimeoutError", "CancelledError", "TCPTimedOutError"))
+        for c in chain
+    )
+    return PathAnswer(path=path, error_chain=chain, timed_out=timed_out)
+
+
+class ThirdPartyAnswers:
+    """The last answer of each third party, reused for a minute.
+
+    One function, `ask`, so a shared third-party cache can replace this one
+    without touching the family."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._answers: dict[str, tuple[float, OutboundProbe]] = {}
+
+    async def ask(
+        self, server_name: str, fetch: Callable[[], Awaitable[OutboundProbe]]
+    ) -> tuple[OutboundProbe, int]:
+        """The probe and its age in milliseconds."""
+        now = self._clock()
+        cached = self._answers.get(server_name)
+        if cached is not None and now - cached[0] < THIRD_PARTY_MIN_INTERVAL_S:
+            return cached[1], int((now - cached[0]) * 1000)
+        probe = await fetch()
+        self._answers[server_name] = (self._clock(), probe)
+        return probe, 0
