@@ -685,7 +685,7 @@ class SynapseOutbound:
             h, p = target
             try:
                 d = _resolve_host(self._reactor, h, p)
-                d.addTimeout(max(0.5, timeout_s), self._reactor)
+                d.addTimeout(max(0.05, timeout_s), self._reactor)
                 addresses = await make_deferred_yieldable(d)
             except Exception as e:
                 return HostLookup(h, p, error=f"{type(e).__name__}: {e}"[:200])
