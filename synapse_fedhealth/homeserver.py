@@ -686,17 +686,18 @@ class SynapseOutbound:
         import io
 
         from synapse.http.client import read_body_with_max_size
-        from synapse.logging.context import make_deferred_yieldable
-        from twisted.internet import defer
+        from synapse.logging.context import make_deferred_yieldable, run_in_background
 
         from synapse_fedhealth.checks.outbound import PathAnswer
         from synapse_fedhealth.engine.outbound import answer_from_error
 
         uri = f"matrix-federation://{server_name}{path}".encode("ascii", "replace")
         try:
-            d = defer.ensureDeferred(_awaitable(agent.request(b"GET", uri)))
+            # As MatrixFederationHttpClient calls it: the agent's Deferred
+            # does not keep our logcontext by itself.
+            d = run_in_background(agent.request, b"GET", uri)
             d.addTimeout(max(0.0, timeout_s), self._reactor)
-            response = await d
+            response = await make_deferred_yieldable(d)
             body = io.BytesIO()
             read = read_body_with_max_size(response, body, OUTBOUND_MAX_BODY)
             read.addTimeout(max(0.1, timeout_s), self._reactor)
@@ -721,6 +722,7 @@ class SynapseOutbound:
         well-known), each resolved with the system resolver Synapse uses,
         unfiltered, to tell "did not resolve" from "resolved but blocked"."""
         from synapse.http.client import _is_ip_blocked
+        from synapse.logging.context import make_deferred_yieldable, run_in_background
         from twisted.internet import defer
 
         from synapse_fedhealth.checks.outbound import HostLookup
@@ -750,8 +752,8 @@ class SynapseOutbound:
             h, p = target
             try:
                 d = _resolve_host(self._reactor, h, p)
-                d.addTimeout(max(0.5, timeout_s), self._reactor)
-                addresses = await d
+                d.addTimeout(max(0.05, timeout_s), self._reactor)
+                addresses = await make_deferred_yieldable(d)
             except Exception as e:
                 return HostLookup(h, p, error=f"{type(e).__name__}: {e}"[:200])
             blocked = tuple(
@@ -762,8 +764,10 @@ class SynapseOutbound:
             error = "" if addresses else "no addresses"
             return HostLookup(h, p, tuple(addresses), blocked, error)
 
-        results: list[Any] = await defer.gatherResults(
-            [defer.ensureDeferred(look(t)) for t in targets], consumeErrors=True
+        results: list[Any] = await make_deferred_yieldable(
+            defer.gatherResults(
+                [run_in_background(look, t) for t in targets], consumeErrors=True
+            )
         )
         return tuple(results)
 
@@ -795,8 +799,19 @@ class SynapseOutbound:
     async def read(self) -> Any:
         from synapse.logging.context import make_deferred_yieldable
 
+        # In a named logcontext of its own: a run may start in the sentinel
+        # context, and a database transaction must not.
         return await make_deferred_yieldable(
-            self._api.run_db_interaction("fedhealth_destinations", _read_destinations)
+            self._api.run_as_background_process(
+                "fedhealth_destinations", self._read_in_context
+            )
+        )
+
+    async def _read_in_context(self) -> Any:
+        # Awaited directly: the transaction starts in this context, and the
+        # coroutine behind the Deferred restores it when it resumes us.
+        return await self._api.run_db_interaction(
+            "fedhealth_destinations", _read_destinations
         )
 
 
@@ -832,13 +847,6 @@ def _any(value: Any) -> Any:
     """Synapse's agents implement zope interfaces, which mypy sees only with
     the mypy-zope plugin."""
     return value
-
-
-def _awaitable(d: Any) -> Any:
-    async def wait() -> Any:
-        return await d
-
-    return wait()
 
 
 def _recording_srv_resolver() -> Any:

@@ -25,6 +25,10 @@ from synapse_fedhealth.checks.traffic import TrafficRecord
 # refresh is asked for.
 THIRD_PARTY_MIN_INTERVAL_S = 60.0
 MAX_ERROR_CHAIN = 6
+# A probe ends this long before the run's deadline, so that its own cut
+# (and the lookups that name a failure's cause) land inside the run, and the
+# report has the probe's reason rather than the runner's placeholder.
+OUTBOUND_PROBE_MARGIN_S = 0.3
 
 
 class OutboundClient(Protocol):

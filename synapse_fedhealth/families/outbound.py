@@ -35,6 +35,7 @@ from synapse_fedhealth.checks.traffic import FEDERATION_TRAFFIC, judge_traffic
 from synapse_fedhealth.engine.deadline import BoundFailure, Deadline
 from synapse_fedhealth.engine.network_checker import NetworkFindings
 from synapse_fedhealth.engine.outbound import (
+    OUTBOUND_PROBE_MARGIN_S,
     DestinationsReader,
     OutboundClient,
     ThirdPartyAnswers,
@@ -108,9 +109,12 @@ class OutboundFamily:
         if not env.probe_servers:
             return judge_outbound_reach([], source=env.source)
 
+        probe_deadline = deadline.earlier(OUTBOUND_PROBE_MARGIN_S)
+
         async def one(name: str) -> tuple[OutboundProbe, int]:
             return await env.answers.ask(
-                name, lambda: client.probe(name, PROBE_PATHS, deadline.remaining_s())
+                name,
+                lambda: client.probe(name, PROBE_PATHS, probe_deadline.remaining_s()),
             )
 
         probes: list[tuple[OutboundProbe, int]] = await defer.gatherResults(

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from tests.integration.conftest import logcontext_errors, tracebacks_from_us
 from tests.integration.module_lab import ENDPOINT, MODULE, brief, find_check
 from tests.integration.netlab.certs import Pki
 from tests.integration.netlab.dns_server import DnsServer
@@ -158,6 +159,12 @@ class World:
         finally:
             db.close()
 
+    def assert_clean(self, a: Homeserver) -> None:
+        """Synapse's logcontext rules kept, and no traceback of ours."""
+        log = a.synapse.process.log_text()
+        assert not logcontext_errors(log), logcontext_errors(log)
+        assert not tracebacks_from_us(log), tracebacks_from_us(log)
+
     def remote_profile(self, a: Homeserver) -> Any:
         """A real client request on A that makes A ask B over federation."""
         user = urllib.parse.quote(f"@{self.bob}:{self.b_name}")
@@ -228,6 +235,7 @@ def test_outbound_reach_ok(world: World) -> None:
             f"for {reach['details']['servers'][0]['hosts']}"
         )
         assert world.remote_profile(a).status == 200
+        world.assert_clean(a)
     finally:
         a.synapse.stop()
 
@@ -243,6 +251,7 @@ def test_outbound_blocked_by_ip_range(world: World) -> None:
         assert report["verdict"] == "broken"
         assert world.b_name not in world.destinations_of(a)
         assert world.remote_profile(a).status != 200
+        world.assert_clean(a)
     finally:
         a.synapse.stop()
 
@@ -257,6 +266,7 @@ def test_outbound_ca_does_not_cover_the_peer(world: World, tmp_path: Path) -> No
         assert reach["details"].get("certificate_reason"), reach
         assert "federation_custom_ca_list" in reach["fix"], reach
         assert world.remote_profile(a).status != 200
+        world.assert_clean(a)
     finally:
         a.synapse.stop()
 
@@ -284,6 +294,7 @@ def test_outbound_dead_proxy(world: World) -> None:
         assert "https_proxy" in reach["fix"], reach
         assert dead in reach["summary"], reach
         assert world.remote_profile(a).status != 200
+        world.assert_clean(a)
     finally:
         a.synapse.stop()
 
@@ -299,6 +310,7 @@ def test_outbound_broken_system_resolver(world: World) -> None:
         assert reach["details"]["reason"] == "dns", reach
         assert "dns_servers" in reach["fix"], reach
         assert world.remote_profile(a).status != 200
+        world.assert_clean(a)
     finally:
         a.synapse.stop()
 
@@ -343,6 +355,7 @@ def test_banned_signing_key(world: World) -> None:
         assert report["verdict"] == "broken"
         warnings = a.synapse.process.fedhealth_warnings()
         assert any("publicly known" in w for w in warnings), warnings
+        world.assert_clean(a)
     finally:
         a.synapse.stop()
 
@@ -428,5 +441,6 @@ def test_real_traffic_then_peer_down(world: World) -> None:
         worst = check["details"]["worst"]
         assert worst[0]["destination"] == world.b_name, check
         assert worst[0]["failure_ts"], check
+        world.assert_clean(a)
     finally:
         a.synapse.stop()

@@ -557,3 +557,31 @@ def test_outbound_fail_is_broken_and_the_metric_follows() -> None:
     # A report without outbound results removes the series.
     record_report(_report(server, ok("discovery.srv", "z")))
     assert _sample(server) is None
+
+
+def test_synapse_pdu_gauges_are_read_per_server() -> None:
+    from prometheus_client import CollectorRegistry, Gauge
+
+    from synapse_fedhealth.homeserver import _gauge_times
+
+    registry = CollectorRegistry()
+    gauge = Gauge(
+        "synapse_federation_last_received_pdu_time",
+        "as Synapse defines it",
+        ["origin_server_name", "server_name"],
+        registry=registry,
+    )
+    gauge.labels(origin_server_name="peer.example", server_name="me.example").set(
+        1_764_288_000.5
+    )
+    gauge.labels(origin_server_name="x.example", server_name="other.example").set(5)
+    assert _gauge_times(
+        registry,
+        "synapse_federation_last_received_pdu_time",
+        "origin_server_name",
+        "me.example",
+    ) == {"peer.example": 1_764_288_000_500}
+    assert (
+        _gauge_times(registry, "synapse_federation_last_sent_pdu_time", "d", "me")
+        is None
+    )
