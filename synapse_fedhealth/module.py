@@ -33,7 +33,6 @@ from synapse_fedhealth.deployment import (
     SharedReports,
 )
 from synapse_fedhealth.echo import EchoResource, NonceBook, secret_from_signing_key
-from synapse_fedhealth.engine.outbound import ThirdPartyAnswers as OutboundAnswers
 from synapse_fedhealth.families import DefaultFamilies, FamilyFactory
 from synapse_fedhealth.families.outbound import OutboundEnvironment, probe_servers_for
 from synapse_fedhealth.monitor import log_config_problems
@@ -85,7 +84,7 @@ class FedHealthModule:
         # the life of the process, however often runs come (SPEC 2.2).
         self._third_parties = ThirdPartyAnswers(reactor)
         self._outbound = (
-            _outbound_environment(api, config, snapshot)
+            _outbound_environment(api, config, snapshot, self._third_parties)
             if snapshot is not None and runs_network
             else None
         )
@@ -345,7 +344,10 @@ def _background(
 
 
 def _outbound_environment(
-    api: ModuleApi, config: FedHealthConfig, snapshot: homeserver.HomeserverSnapshot
+    api: ModuleApi,
+    config: FedHealthConfig,
+    snapshot: homeserver.HomeserverSnapshot,
+    answers: ThirdPartyAnswers,
 ) -> OutboundEnvironment | None:
     """Synapse's own federation agent, database and traffic evidence for the
     outbound families; None (the checks then skip) if this Synapse can't
@@ -373,7 +375,7 @@ def _outbound_environment(
         traffic=traffic,
         probe_servers=servers,
         source=source,
-        answers=OutboundAnswers(homeserver.reactor_of(api).seconds),
+        answers=answers,
     )
 
 

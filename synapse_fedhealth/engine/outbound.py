@@ -9,7 +9,7 @@ The module's Synapse adapter (`homeserver.SynapseOutbound`) implements
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Protocol
 
 from twisted.python.failure import Failure
@@ -23,7 +23,6 @@ from synapse_fedhealth.checks.traffic import TrafficRecord
 
 # SPEC 2.2: third parties are asked at most once a minute, however often a
 # refresh is asked for.
-THIRD_PARTY_MIN_INTERVAL_S = 60.0
 MAX_ERROR_CHAIN = 6
 # A probe ends this long before the run's deadline, so that its own cut
 # (and the lookups that name a failure's cause) land inside the run, and the
@@ -78,26 +77,3 @@ def answer_from_error(path: str, error: BaseException | Failure) -> PathAnswer:
         for c in chain
     )
     return PathAnswer(path=path, error_chain=chain, timed_out=timed_out)
-
-
-class ThirdPartyAnswers:
-    """The last answer of each third party, reused for a minute.
-
-    One function, `ask`, so a shared third-party cache can replace this one
-    without touching the family."""
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self._clock = clock
-        self._answers: dict[str, tuple[float, OutboundProbe]] = {}
-
-    async def ask(
-        self, server_name: str, fetch: Callable[[], Awaitable[OutboundProbe]]
-    ) -> tuple[OutboundProbe, int]:
-        """The probe and its age in milliseconds."""
-        now = self._clock()
-        cached = self._answers.get(server_name)
-        if cached is not None and now - cached[0] < THIRD_PARTY_MIN_INTERVAL_S:
-            return cached[1], int((now - cached[0]) * 1000)
-        probe = await fetch()
-        self._answers[server_name] = (self._clock(), probe)
-        return probe, 0

@@ -38,13 +38,13 @@ from synapse_fedhealth.engine.outbound import (
     OUTBOUND_PROBE_MARGIN_S,
     DestinationsReader,
     OutboundClient,
-    ThirdPartyAnswers,
     TrafficSource,
 )
 from synapse_fedhealth.engine.resolution import bounded_get
 from synapse_fedhealth.families.outside import MAX_BODY, error_kind
 from synapse_fedhealth.report import CheckResult, Status, fail, skip
 from synapse_fedhealth.runner import FamilyOutcome
+from synapse_fedhealth.third_party import ThirdPartyAnswers
 from synapse_fedhealth.wiring import RunIO
 
 PROBE_PATHS = (VERSION_PATH, KEYS_PATH)
@@ -112,10 +112,11 @@ class OutboundFamily:
         probe_deadline = deadline.earlier(OUTBOUND_PROBE_MARGIN_S)
 
         async def one(name: str) -> tuple[OutboundProbe, int]:
-            return await env.answers.ask(
-                name,
+            answer = await env.answers.ask(
+                ("outbound.reach", name),
                 lambda: client.probe(name, PROBE_PATHS, probe_deadline.remaining_s()),
             )
+            return answer.value, answer.age_ms
 
         probes: list[tuple[OutboundProbe, int]] = await defer.gatherResults(
             [defer.ensureDeferred(one(n)) for n in env.probe_servers],

@@ -42,7 +42,6 @@ from synapse_fedhealth.checks.traffic import TrafficRecord, judge_traffic
 from synapse_fedhealth.config import FedHealthConfigError, parse_fedhealth_config
 from synapse_fedhealth.engine.deadline import Deadline
 from synapse_fedhealth.engine.outbound import (
-    ThirdPartyAnswers,
     answer_from_error,
     error_chain,
 )
@@ -56,6 +55,7 @@ from synapse_fedhealth.homeserver import HomeserverSnapshot, SigningKeyInfo
 from synapse_fedhealth.metrics import record_report
 from synapse_fedhealth.render.text import problem_line
 from synapse_fedhealth.report import Report, fail, ok
+from synapse_fedhealth.third_party import ThirdPartyAnswers
 
 REMOTE = "remote.example"
 OK_VERSION = PathAnswer(
@@ -477,7 +477,7 @@ def env(client: FakeClient, clock: MemoryReactorClock) -> OutboundEnvironment:
         traffic=FakeTraffic(),
         probe_servers=(REMOTE,),
         source="outbound_probe_servers",
-        answers=ThirdPartyAnswers(clock.seconds),
+        answers=ThirdPartyAnswers(clock),
     )
 
 
