@@ -23,6 +23,8 @@ _PORT_RE = re.compile(r"\A[0-9]{1,5}\Z")  # spec appendix: port = 1*5DIGIT
 
 MAX_SERVER_NAME_LENGTH = 230
 MAX_DNS_LABEL_LENGTH = 63  # RFC 1035: longer labels cannot exist in DNS
+# The spec's grammar (appendix, server name): dns-name = 1*255 dns-char.
+MAX_HOSTNAME_LENGTH = 255
 
 # What a ServerNameError is about, for callers that word it themselves.
 EMPTY = "empty"
@@ -31,6 +33,7 @@ PORT_RANGE = "port_range"
 BAD_IPV6 = "bad_ipv6"
 BAD_HOST = "bad_host"
 LONG_LABEL = "long_label"
+LONG_NAME = "long_name"
 
 
 class ServerNameError(ValueError):
@@ -91,6 +94,13 @@ def parse_server_name(server_name: str, *, strict: bool = True) -> ServerName:
         return ServerName(host[1:-1], port, ip6)
     if ":" in host:
         raise ServerNameError("an IPv6 address must be written in [brackets]", BAD_HOST)
+    if len(host) > MAX_HOSTNAME_LENGTH:
+        # Checked in every mode: no peer can look such a name up.
+        raise ServerNameError(
+            f"the host is {len(host)} characters long; a server name's host "
+            f"has at most {MAX_HOSTNAME_LENGTH}",
+            LONG_NAME,
+        )
     if not VALID_HOST_REGEX.match(host):
         raise ServerNameError(
             "the host may contain only letters, digits, '-' and non-empty "
@@ -144,6 +154,8 @@ _SYNAPSE_WORDING = {
     PORT_RANGE: "port out of range in {name!r}",
     BAD_IPV6: "{name!r} is not a valid IPv6 literal",
     BAD_HOST: "{name!r} has an invalid format",
+    LONG_NAME: "the host of {name:.40}... is longer than "
+    f"{MAX_HOSTNAME_LENGTH} characters",
 }
 
 

@@ -187,15 +187,21 @@ def notary_signature_problem(
     return None
 
 
+# Entries of one answer that are judged (each may cost a signature check);
+# a notary answers with one or two for one server and one key.
+MAX_NOTARY_ENTRIES = 16
+
+
 def _entries_for(
     answer: Mapping[str, Any], server_name: str
 ) -> list[Mapping[str, Any]]:
+    """Our entries among the first MAX_NOTARY_ENTRIES of the answer."""
     entries = answer.get("server_keys")
     if not isinstance(entries, list):
         return []
     return [
         e
-        for e in entries
+        for e in entries[:MAX_NOTARY_ENTRIES]
         if isinstance(e, Mapping) and e.get("server_name") == server_name
     ]
 

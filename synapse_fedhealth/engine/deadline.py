@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import attr
-from twisted.internet import defer
+from twisted.internet import defer, error
 
 logger = logging.getLogger("synapse_fedhealth")
 
@@ -100,7 +100,10 @@ class Deadline:
             return await d
         except defer.TimeoutError:
             return on_failure(BoundFailure("timeout", "timed out"))
-        except defer.CancelledError:
+        except (defer.CancelledError, error.ConnectingCancelledError):
+            # Cancelled by this deadline: a connection attempt that was
+            # cancelled says ConnectingCancelledError, which addTimeout does
+            # not turn into a TimeoutError.
             return on_failure(BoundFailure("timeout", "timed out"))
         except Exception as e:
             return on_failure(_unexpected(what, e))

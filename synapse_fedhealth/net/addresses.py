@@ -47,11 +47,28 @@ _FORBIDDEN_NETWORKS = tuple(
 )
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for: IPv4-mapped
+    (::ffff:a.b.c.d), NAT64 (64:ff9b::/96) and 6to4 (2002::/16) reach it."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return ip.sixtofour
+
+
 def classify_address(address: str) -> AddressClass:
-    """Raises ValueError when `address` is not an IP address."""
+    """Raises ValueError when `address` is not an IP address. An IPv6
+    address that reaches an IPv4 one (NAT64, 6to4, IPv4-mapped) is classed
+    as that IPv4 address: 64:ff9b::7f00:1 is loopback."""
     ip = parse_ip(address, zone_ok=True)
     if ip is None:
         raise ValueError(f"{address!r} is not an IP address")
+    if isinstance(ip, ipaddress.IPv6Address):
+        ip = embedded_ipv4(ip) or ip
     if any(ip in net for net in _FORBIDDEN_NETWORKS):
         return AddressClass.FORBIDDEN
     if any(ip in net for net in _PRIVATE_NETWORKS):

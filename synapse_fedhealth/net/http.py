@@ -90,6 +90,7 @@ ERR_TOO_LARGE = ProbeError.TOO_LARGE
 ERR_HEADERS_TOO_LARGE = ProbeError.HEADERS_TOO_LARGE
 ERR_TRUNCATED = ProbeError.TRUNCATED
 ERR_REDIRECT_LOOP = ProbeError.REDIRECT_LOOP
+ERR_PRIVATE_REDIRECT = ProbeError.PRIVATE_REDIRECT
 ERR_REDIRECT_SCHEME = ProbeError.REDIRECT_SCHEME
 ERR_TOO_MANY_REDIRECTS = ProbeError.TOO_MANY_REDIRECTS
 ERR_BAD_REDIRECT = ProbeError.BAD_REDIRECT
@@ -417,6 +418,9 @@ class ProbeHttpClient:
         visited = {url}
         host_header: str | None = base.host_header
         sni = base.sni
+        # Where probes may connect (docs/reliability.md): a fetch that began
+        # at a public address is not led by a redirect into a private network.
+        private_ok = True
         while True:
             state.current_url = url
             parsed = urllib.parse.urlsplit(url)
@@ -427,6 +431,13 @@ class ProbeHttpClient:
             else:
                 addresses = await self._addresses_for(
                     parsed.hostname or "", parsed.port or 443, deadline
+                )
+                if not private_ok:
+                    addresses = _public_only(addresses, url)
+            if not state.redirects:
+                private_ok = all(
+                    classify_address(ip) is not AddressClass.PUBLIC
+                    for ip, _ in addresses
                 )
             connect_to = None  # only the first hop is pinned
             response = await self._send(
@@ -534,6 +545,19 @@ class ProbeHttpClient:
                 f"{host} resolves only to addresses we never connect to: {', '.join(candidates)}"
             )
         return [(a, port) for a in safe[:MAX_ADDRESSES_TRIED]]
+
+
+def _public_only(addresses: list[tuple[str, int]], url: str) -> list[tuple[str, int]]:
+    public = [a for a in addresses if classify_address(a[0]) is AddressClass.PUBLIC]
+    if not public:
+        listed = ", ".join(format_address(ip, port) for ip, port in addresses)
+        raise _Refused(
+            ERR_PRIVATE_REDIRECT,
+            f"a redirect from a public address to {url}, which resolves only to "
+            f"private addresses ({listed}): not followed, as peers refuse "
+            "private addresses (Synapse's default ip_range_blacklist)",
+        )
+    return public
 
 
 class _Refused(Exception):

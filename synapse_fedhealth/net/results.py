@@ -120,6 +120,9 @@ class ProbeError(StrEnum):
     # MAX_RESPONSE_HEAD_BYTES (net/http.py): the response head never ended.
     HEADERS_TOO_LARGE = "headers_too_large"
     TRUNCATED = "truncated"  # the connection closed in the middle of the body
+    # A redirect from a public address to a private one (loopback, RFC 1918,
+    # CGNAT, ULA): not followed, as peers refuse those addresses.
+    PRIVATE_REDIRECT = "private_redirect"
     REDIRECT_LOOP = "redirect_loop"
     REDIRECT_SCHEME = "redirect_scheme"
     TOO_MANY_REDIRECTS = "too_many_redirects"
