@@ -515,6 +515,10 @@ def test_main_reports_network_results(deployment: Deployment) -> None:
     assert labels["listeners"] == [
         f"listeners[0] (http, port {deployment.main_port} on 127.0.0.1)"
     ]
+    # Synapse's destinations table, read on PostgreSQL (SPEC 4.6).
+    destinations = _checks(response.json())["outbound.destinations"]
+    assert destinations["status"] == "ok", destinations
+    assert "retry backoff" in destinations["summary"], destinations
 
 
 # -- start-up runs and logs -----------------------------------------------------
