@@ -534,3 +534,25 @@ def test_stopped_federation_worker_is_a_fail_everywhere(
         report = _report(deployment, name)
         assert report["generated_at"] == refreshed["generated_at"], name
         assert _check(report, "federation.version") == version, name
+
+
+def test_checker_down_a_worker_serves_the_last_report(
+    deployment: WorkerDeployment,
+) -> None:
+    """docs/workers.md, "The checking process is down"."""
+    last = _report(deployment, CLIENT_WORKER)
+    deployment.processes[deployment.checker].synapse.stop()
+    asked = time.monotonic()
+    report = _report(deployment, CLIENT_WORKER, refresh=True)
+    waited_s = time.monotonic() - asked
+    assert report["generated_at"] == last["generated_at"]
+    assert _network(report) == _network(last)
+    notes = " ".join(str(n) for n in report.get("notes", []))
+    assert f"is {deployment.checker} running?" in notes, notes
+    note = NETWORK_NOTE_RE.search(notes)
+    assert note is not None and note.group(1) == deployment.checker, notes
+    # Bounded: the run's timeout and the grace of docs/workers.md (3 s).
+    assert waited_s < RUN_TIMEOUT_S + 3 + 5, waited_s
+    _record_timing(
+        {"variant": deployment.variant, "refresh_with_checker_down_s": waited_s}
+    )
