@@ -49,14 +49,14 @@ from tests.integration.netlab.nginx import (
     well_known_server,
 )
 from tests.integration.netlab.peer import clean_env
-from tests.integration.test_workers import (
+from tests.integration.worker_services import (
     COMMAND_TIMEOUT_S,
     Postgres,
     Redis,
     WorkerProcess,
-    _pg_bin,
-    _python_deps_missing,
+    pg_bin,
     postgres,
+    python_deps_missing,
     redis,
 )
 from tests.support.synapse_process import (
@@ -132,7 +132,7 @@ def _metrics_listener(port: int) -> dict[str, Any]:
 
 
 def _createdb(postgres: Postgres, name: str) -> None:
-    createdb = _pg_bin("createdb")
+    createdb = pg_bin("createdb")
     assert createdb is not None
     done = subprocess.run(
         [createdb, "-h", postgres.host, "-p", str(postgres.port)]
@@ -188,7 +188,7 @@ def deployment(
     postgres: Postgres,
     redis: Redis,
 ) -> Iterator[WorkerDeployment]:
-    missing = _python_deps_missing()
+    missing = python_deps_missing()
     if missing:
         pytest.fail(
             f"workers need {', '.join(missing)}: pip install 'matrix-synapse[postgres,redis]'"
