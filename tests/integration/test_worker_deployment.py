@@ -81,6 +81,8 @@ BACKGROUND_WORKER = "background1"
 ENDPOINT_TIMEOUT_S = 60.0
 RUN_TIMEOUT_S = 5
 VERSION_PATH = "/_matrix/federation/v1/version"
+# How long a newly started worker's config results may take to reach the table.
+PUBLISH_WAIT_S = 10.0
 TIMINGS_ENV = "FEDHEALTH_WORKER_TIMINGS"
 METRIC_PREFIX = "synapse_fedhealth_"
 NETWORK_NOTE_RE = re.compile(r"Network results from (\S+), (\d+) s old\.")
@@ -101,6 +103,8 @@ class WorkerDeployment:
     checker: str  # the instance that runs background tasks
     admin_token: str
     lab: Lab
+    vhost: Vhost
+    env: Mapping[str, str]
     up_in_s: float
 
     def url(self, instance: str) -> str:
@@ -218,23 +222,22 @@ def deployment(
     ip = lab.ip("worker-deployment")
     cert = lab.cert(SERVER_NAME)
     lab.with_zone({SERVER_NAME: {"A": ip}})
-    lab.with_nginx(
-        Vhost(
-            address=ip,
-            server_names=(SERVER_NAME,),
-            cert=cert,
-            well_known_server=well_known_server(f"{SERVER_NAME}:443"),
-            well_known_client=WellKnown(
-                {"m.homeserver": {"base_url": f"https://{SERVER_NAME}/"}},
-                headers={"Access-Control-Allow-Origin": "*"},
-            ),
-            proxy=ProxyVariant.NONE,
-            extra=_routes(
-                f"http://127.0.0.1:{ports[FEDERATION_WORKER][0]}",
-                f"http://127.0.0.1:{ports[CLIENT_WORKER][0]}",
-            ),
-        )
+    vhost = Vhost(
+        address=ip,
+        server_names=(SERVER_NAME,),
+        cert=cert,
+        well_known_server=well_known_server(f"{SERVER_NAME}:443"),
+        well_known_client=WellKnown(
+            {"m.homeserver": {"base_url": f"https://{SERVER_NAME}/"}},
+            headers={"Access-Control-Allow-Origin": "*"},
+        ),
+        proxy=ProxyVariant.NONE,
+        extra=_routes(
+            f"http://127.0.0.1:{ports[FEDERATION_WORKER][0]}",
+            f"http://127.0.0.1:{ports[CLIENT_WORKER][0]}",
+        ),
     )
+    lab.with_nginx(vhost)
     fedhealth = lab.module_config(
         startup_check=True,
         startup_delay="1s",
@@ -325,6 +328,8 @@ def deployment(
                 checker=checker,
                 admin_token=admin,
                 lab=lab,
+                vhost=vhost,
+                env=env,
                 up_in_s=up_in_s,
             )
         finally:
@@ -534,6 +539,60 @@ def test_stopped_federation_worker_is_a_fail_everywhere(
         report = _report(deployment, name)
         assert report["generated_at"] == refreshed["generated_at"], name
         assert _check(report, "federation.version") == version, name
+
+
+def test_worker_without_the_federation_resource_shows_up_on_the_main(
+    deployment: WorkerDeployment, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The proxy sends federation to a worker whose listener lacks the
+    `federation` resource: the run through nginx gets Synapse's 404, and that
+    worker's own finding reaches the report the main process serves."""
+    name, port = "federation2", free_port()
+    worker = WorkerProcess(
+        tmp_path_factory.mktemp(f"{deployment.variant}-{name}"),
+        deployment.processes[MAIN].synapse.config_path,
+        {
+            "worker_app": "synapse.app.generic_worker",
+            "worker_name": name,
+            "worker_listeners": [_http_listener(port, ("client",))],
+        },
+        base_url=f"http://127.0.0.1:{port}",
+        env=deployment.env,
+    )
+    with worker:
+        deployment.lab.with_nginx(
+            attr.evolve(
+                deployment.vhost,
+                extra=_routes(
+                    f"http://127.0.0.1:{port}", deployment.url(CLIENT_WORKER)
+                ),
+            )
+        )
+        try:
+            refreshed = _report(deployment, CLIENT_WORKER, refresh=True)
+            # The new worker writes its config results once it runs (a
+            # background write): wait for them to be in the main's report.
+            deadline = time.monotonic() + PUBLISH_WAIT_S
+            while True:
+                main = _report(deployment, MAIN)
+                listener = [
+                    c
+                    for c in main["checks"]
+                    if c["id"] == "config.federation_listener"
+                    and c["details"].get("instance") == name
+                ]
+                if listener or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+        finally:
+            deployment.lab.with_nginx(deployment.vhost)
+    version = _check(refreshed, "federation.version")
+    assert version["status"] == "fail", version
+    assert "HTTP 404" in version["summary"], version
+    assert main["generated_at"] == refreshed["generated_at"]
+    assert _check(main, "federation.version") == version
+    assert len(listener) == 1, main["checks"]
+    assert f"this worker ({name}) serves no federation" in listener[0]["summary"]
 
 
 def test_checker_down_a_worker_serves_the_last_report(
