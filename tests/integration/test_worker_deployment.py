@@ -402,7 +402,8 @@ def _summaries(deployment: WorkerDeployment, instance: str) -> int:
     return len(SUMMARY_RE.findall(deployment.processes[instance].synapse.log_text()))
 
 
-# -- the tests, in order (the last one stops the federation worker) -------------
+# -- the tests, in order: the last three change the deployment (stop the --------
+# -- federation worker, add a misrouted worker, stop the checking process) ------
 
 
 def test_every_process_serves_the_same_run(deployment: WorkerDeployment) -> None:
@@ -412,6 +413,8 @@ def test_every_process_serves_the_same_run(deployment: WorkerDeployment) -> None
     # The run went through nginx to the federation worker.
     assert version["status"] == "ok", version
     assert _version_requests(deployment) > 0
+    federation_log = deployment.processes[FEDERATION_WORKER].synapse.log_text()
+    assert VERSION_PATH in federation_log, federation_log[-3000:]
     for name, report in reports.items():
         assert report["generated_at"] == checker["generated_at"], name
         assert _network(report) == _network(checker), name
