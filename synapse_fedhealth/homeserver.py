@@ -592,8 +592,6 @@ class SynapseOutbound:
     async def probe(
         self, server_name: str, paths: Sequence[str], timeout_s: float
     ) -> Any:
-        from synapse.logging.context import make_deferred_yieldable
-
         from synapse_fedhealth.checks.outbound import OutboundProbe
 
         start = self._reactor.seconds()
@@ -605,7 +603,11 @@ class SynapseOutbound:
                 tuple(paths),
                 timeout_s,
             )
-            probe = await make_deferred_yieldable(d)
+            # Awaited as it is: the engine's coroutines follow Twisted's rules,
+            # not Synapse's, and this Deferred fires in the sentinel context.
+            # make_deferred_yieldable would resume us in the caller's context
+            # and leave it current when we next wait on a plain Deferred.
+            probe = await d
         except Exception as e:  # a bug of ours; never an exception for the run
             probe = OutboundProbe(
                 server_name=server_name, error=f"{type(e).__name__}: {e}"
@@ -797,14 +799,11 @@ class SynapseOutbound:
     # -- DestinationsReader --------------------------------------------------------
 
     async def read(self) -> Any:
-        from synapse.logging.context import make_deferred_yieldable
-
         # In a named logcontext of its own: a run may start in the sentinel
-        # context, and a database transaction must not.
-        return await make_deferred_yieldable(
-            self._api.run_as_background_process(
-                "fedhealth_destinations", self._read_in_context
-            )
+        # context, and a database transaction must not. Awaited as it is (it
+        # fires in the sentinel context), as in `probe`.
+        return await self._api.run_as_background_process(
+            "fedhealth_destinations", self._read_in_context
         )
 
     async def _read_in_context(self) -> Any:
