@@ -192,6 +192,23 @@ def echo_paths(
     return tuple(paths)
 
 
+def _distinct_listeners(results: Sequence[CheckResult]) -> list[CheckResult]:
+    """One result per listener and verdict: when both paths reach the same
+    listener and see the same, the first (the client path) speaks for both."""
+    kept: list[CheckResult] = []
+    seen: set[tuple[object, ...]] = set()
+    for result in results:
+        key = (
+            result.details.get("listener"),
+            result.status,
+            tuple(result.details.get("problems") or ()),
+        )
+        if key not in seen:
+            seen.add(key)
+            kept.append(result)
+    return kept
+
+
 class ForwardedHeadersFamily:
     """`proxy.forwarded_headers` through every public way in: the client path
     (public_baseurl) and the federation path peers use (from the network
@@ -269,7 +286,8 @@ class ForwardedHeadersFamily:
                 )
             ]
         return [
-            attr.evolve(r, details={**r.details, "paths_tried": tried}) for r in routed
+            attr.evolve(r, details={**r.details, "paths_tried": tried})
+            for r in _distinct_listeners(routed)
         ]
 
     async def _echo_through(self, path: EchoPath, deadline: Deadline) -> CheckResult:
