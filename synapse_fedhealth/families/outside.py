@@ -24,6 +24,7 @@ from synapse_fedhealth.checks.client_wellknown import (
 from synapse_fedhealth.checks.forwarded import (
     ECHO_PATH,
     FORWARDED_HEADERS,
+    EchoRecord,
     judge_forwarded_headers,
     judge_forwarded_headers_error,
 )
@@ -31,6 +32,7 @@ from synapse_fedhealth.checks.proxy_detect import detect_proxy, first_guess
 from synapse_fedhealth.engine.deadline import Deadline
 from synapse_fedhealth.engine.resolution import bounded_get
 from synapse_fedhealth.homeserver import ListenerInfo
+from synapse_fedhealth.matrix_names import bare_host
 from synapse_fedhealth.net.results import HttpResult
 from synapse_fedhealth.report import CheckResult, Status, skip
 from synapse_fedhealth.runner import FamilyOutcome
@@ -192,6 +194,30 @@ def echo_paths(
     return tuple(paths)
 
 
+def _distinct_listeners(results: Sequence[CheckResult]) -> list[CheckResult]:
+    """One result per listener and verdict: when both paths reach the same
+    listener and it received the same, the first (the client path) speaks
+    for both."""
+    kept: list[CheckResult] = []
+    seen: set[tuple[object, ...]] = set()
+    for result in results:
+        received = result.details.get("received")
+        record = EchoRecord.from_json(received)
+        key: tuple[object, ...] = (result.details.get("listener"), result.status)
+        if record is not None:
+            key += (
+                record.x_forwarded_for is None,
+                record.x_forwarded_proto,
+                bare_host(record.host or ""),
+                record.tls,
+                record.listener_x_forwarded,
+            )
+        if key not in seen:
+            seen.add(key)
+            kept.append(result)
+    return kept
+
+
 class ForwardedHeadersFamily:
     """`proxy.forwarded_headers` through every public way in: the client path
     (public_baseurl) and the federation path peers use (from the network
@@ -269,7 +295,8 @@ class ForwardedHeadersFamily:
                 )
             ]
         return [
-            attr.evolve(r, details={**r.details, "paths_tried": tried}) for r in routed
+            attr.evolve(r, details={**r.details, "paths_tried": tried})
+            for r in _distinct_listeners(routed)
         ]
 
     async def _echo_through(self, path: EchoPath, deadline: Deadline) -> CheckResult:

@@ -38,6 +38,9 @@ from synapse_fedhealth.net.tls import (
 )
 
 AIA_DEFAULT_PORT = 80
+# CAs serve these from CDNs in milliseconds; a slow one must not hold the
+# target's probes for the whole run.
+MAX_ISSUER_FETCH_S = 2.0
 
 
 class IssuerFetcher(Protocol):
@@ -58,6 +61,7 @@ class PlainHttpIssuerFetcher:
         self._user_agent = user_agent
 
     def fetch(self, url: str, timeout: float) -> defer.Deferred[IssuerFetch]:
+        timeout = min(timeout, MAX_ISSUER_FETCH_S)
         deadline = self._reactor.seconds() + timeout
         fetching = defer.Deferred.fromCoroutine(self._fetch(url, deadline))
         fetching.addTimeout(max(0.0, timeout), self._reactor)

@@ -337,7 +337,11 @@ def _judge_with_issuers(
                     missing_intermediate=candidate,
                 )
     if not issuers:
-        why = "and the certificate names no AIA URL to fetch it from"
+        why = (
+            "and the certificate names no AIA URL to fetch it from (every "
+            "public CA does: if it is a public CA's intermediate after all, "
+            "serve it after the leaf)"
+        )
     elif any(f.certificates for f in issuers):
         why = "and the certificate published at its AIA URL does not lead to a trusted root either"
     else:

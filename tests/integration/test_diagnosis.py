@@ -15,16 +15,17 @@ from twisted.internet import reactor, ssl
 from twisted.python.threadpool import ThreadPool
 from twisted.trial import unittest
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from synapse_fedhealth.engine.network_checker import NetworkFindings
+from synapse_fedhealth.net.aia import MAX_ISSUER_FETCH_S
 from synapse_fedhealth.report import CheckResult, Status
 from tests.integration.test_engine_loopback import (
     FederationResource,
     ZoneDnsServer,
     run_engine,
 )
-from tests.support.aia_pki import AiaPki, Issued
+from tests.support.aia_pki import AiaPki, Issued, issue
 
 pytestmark = pytest.mark.integration
 
@@ -41,9 +42,13 @@ class Published(Resource):
         self.bodies = bodies
         self.requests: list[str] = []
 
-    def render_GET(self, request: Request) -> bytes:
+    def render_GET(self, request: Request) -> Any:
         path = request.path.decode()
         self.requests.append(path)
+        if path == "/hang":
+            return NOT_DONE_YET  # never answers: the run's deadline ends it
+        if path == "/huge":
+            return b"\x30" * (2 * 1024 * 1024)
         body = self.bodies.get(path)
         if body is None:
             request.setResponseCode(404)
@@ -157,3 +162,29 @@ class DiagnosisTest(unittest.TestCase):
         (addresses,) = [c for c in findings.checks if c.id == "discovery.addresses"]
         assert addresses.details["reason"] == "no_address", addresses.summary
         assert "Add A and/or AAAA records" in (addresses.fix or "")
+
+    def hostile_leaf(self, path: str) -> Issued:
+        return issue(
+            NAME,
+            self.pki.intermediate,
+            ca=False,
+            dns_names=(NAME,),
+            aia_url=self.pki.intermediate_url.replace("/int.der", path),
+        )
+
+    async def test_huge_aia_answer_is_cut_off(self) -> None:
+        cert = await self.certificate(self.hostile_leaf("/huge"))
+        assert cert.status is Status.FAIL
+        (fetch,) = cert.details["aia"]
+        assert "larger than" in fetch["error"], fetch
+        assert "could not be fetched" in cert.summary
+
+    async def test_hanging_aia_server_ends_by_the_deadline(self) -> None:
+        clock: Any = reactor
+        started = clock.seconds()
+        cert = await self.certificate(self.hostile_leaf("/hang"))
+        # The fetch gives up after MAX_ISSUER_FETCH_S, well inside the run.
+        assert clock.seconds() - started < MAX_ISSUER_FETCH_S + 1.0
+        assert cert.status is Status.FAIL
+        assert cert.details["reason"] == "missing_intermediate", cert.summary
+        assert "timed out" in cert.details["aia"][0]["error"]

@@ -46,9 +46,12 @@ class EchoHttp:
     """Answers echo requests by the address they are sent to: as Synapse
     behind a proxy that forwards nothing (`routed`), or a 404."""
 
-    def __init__(self, nonces: NonceBook, routed: set[str]) -> None:
+    def __init__(
+        self, nonces: NonceBook, routed: set[str], ports: dict[str, int] | None = None
+    ) -> None:
         self.nonces = nonces
         self.routed = routed
+        self.ports = ports or {}  # where -> the listener port that answers
         self.requests: list[tuple[str, Any]] = []
 
     def get(self, url: str, **kw: Any) -> defer.Deferred[HttpResult]:
@@ -71,7 +74,7 @@ class EchoHttp:
         record = EchoRecord(
             host="example.com",
             peer="127.0.0.1",
-            listener_port=8008,
+            listener_port=self.ports.get(where, 8008),
             listener_x_forwarded=True,
         )
         body, mac = self.nonces.sign_answer(nonce, record.to_json())
@@ -102,11 +105,15 @@ def network(*targets: Target) -> NetworkFindings:
 
 class ForwardedPathsTest(SynchronousTestCase):
     def run_family(
-        self, *, public_baseurl: str | None, routed: set[str]
+        self,
+        *,
+        public_baseurl: str | None,
+        routed: set[str],
+        ports: dict[str, int] | None = None,
     ) -> tuple[list[CheckResult], EchoHttp]:
         reactor = MemoryReactorClock()
         nonces = NonceBook(secret=b"s" * 32)
-        http = EchoHttp(nonces, routed)
+        http = EchoHttp(nonces, routed, ports)
         io = fake_io(reactor, resolver=FakeResolver({}), http=http, tls=FakeTls({}))
         family = ForwardedHeadersFamily(
             io,
@@ -129,15 +136,25 @@ class ForwardedPathsTest(SynchronousTestCase):
         assert result.details["path"] == "federation"
         assert http.requests[0][1] == (FED_IP, 8448)
 
-    def test_both_paths_judged(self) -> None:
+    def test_both_paths_to_the_same_listener_give_one_result(self) -> None:
         checks, _ = self.run_family(
             public_baseurl="https://example.com/", routed={FED_IP, "client"}
         )
-        assert sorted(c.details["path"] for c in checks) == [
+        (result,) = checks
+        assert result.details["path"] == "client"
+        assert [p["path"] for p in result.details["paths_tried"]] == [
             "client",
             "federation",
         ]
-        assert len(checks[0].details["paths_tried"]) == 2
+
+    def test_paths_to_different_listeners_give_a_result_each(self) -> None:
+        checks, _ = self.run_family(
+            public_baseurl="https://example.com/",
+            routed={FED_IP, "client"},
+            ports={FED_IP: 8009},
+        )
+        assert [c.details["path"] for c in checks] == ["client", "federation"]
+        assert checks[1].details["received"]["listener"]["port"] == 8009
 
     def test_only_one_path_routed_is_judged_not_skipped(self) -> None:
         checks, _ = self.run_family(
