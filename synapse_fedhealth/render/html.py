@@ -21,7 +21,7 @@ from html import escape
 
 import attr
 
-from synapse_fedhealth.render.text import summary_line
+from synapse_fedhealth.render.text import cleaned, summary_line
 from synapse_fedhealth.report import CheckResult, Report, Status, Verdict
 
 # The refresh form submits here; relative to the page's own path
@@ -294,6 +294,9 @@ def _refresh_form() -> str:
 
 def render_html(report: Report, *, docs: Mapping[str, str] | None = None) -> str:
     """The whole page. `docs`: check id -> its docs/checks.md entry."""
+    # Last resort: a lone surrogate would make the page unencodable (a 500),
+    # control characters and escape sequences have no place in it either.
+    report = cleaned(report)
     generated = time.strftime(
         "%Y-%m-%d %H:%M:%S UTC", time.gmtime(report.generated_at / 1000)
     )

@@ -125,7 +125,7 @@ def render_text(
     references lead somewhere on this machine."""
     # Last resort, before any colour code goes in: the page, the CLI and a
     # terminal must survive any value.
-    report = _cleaned(report)
+    report = cleaned(report)
     generated = time.strftime(
         "%Y-%m-%d %H:%M:%S UTC", time.gmtime(report.generated_at / 1000)
     )
@@ -195,8 +195,9 @@ def render_text(
     return "\n".join(lines) + "\n"
 
 
-def _cleaned(report: Report) -> Report:
-    """`report` with every text it prints cleaned of control characters."""
+def cleaned(report: Report) -> Report:
+    """`report` with every text a renderer prints cleaned of control
+    characters, escape sequences and lone surrogates."""
     return attr.evolve(
         report,
         server_name=clean_line(report.server_name),

@@ -208,3 +208,27 @@ def test_markdown_subset() -> None:
     assert "<pre><code>listeners:\n  - port: 8008</code></pre>" in out
     assert "<ul><li>one more</li><li>two</li></ul>" in out
     assert fix_to_html("one line") == "<p>one line</p>"
+
+
+def test_hostile_remote_text_leaves_the_page_encodable() -> None:
+    """A lone surrogate made the page unencodable: a 500 from the endpoint."""
+    from synapse_fedhealth.report import warn as warn_result
+
+    hostile = Report.build(
+        server_name="example.com",
+        checks=[
+            warn_result(
+                "federation.version",
+                "Synapse \ud800 \x1b[31mred\x1b[0m\nforged line",
+                fix="f",
+                target="203.0.113.7:8448",
+            )
+        ],
+        federation_disabled=False,
+        generated_at=0,
+        duration_ms=0,
+    )
+    page = render_html(hostile, docs={})
+    page.encode("utf-8")
+    assert "\x1b" not in page
+    assert "forged line" in page
