@@ -264,6 +264,48 @@ def judge_forwarded_headers(
     )
     details["proxied"] = proxied
 
+    problems, fixes = _problems(
+        record,
+        proxied=proxied,
+        sent_host=sent_host,
+        sent_scheme=sent_scheme,
+        port_optional=port_optional,
+        where=where,
+        proxy_name=proxy_name,
+    )
+    if problems:
+        details["problems"] = problems
+        return warn(
+            FORWARDED_HEADERS,
+            "; ".join(problems),
+            fix=" ".join(dict.fromkeys(fixes)),
+            details=details,
+            target=target,
+        )
+    if proxied:
+        summary = (
+            "X-Forwarded-For, X-Forwarded-Proto and the original Host reach "
+            f"{where}, which uses them (`x_forwarded: true`)"
+        )
+    else:
+        summary = (
+            f"no reverse proxy in front of {where}; it does not trust "
+            "forwarded headers (`x_forwarded: false`), as it should"
+        )
+    return ok(FORWARDED_HEADERS, summary, details=details, target=target)
+
+
+def _problems(
+    record: EchoRecord,
+    *,
+    proxied: bool,
+    sent_host: str,
+    sent_scheme: str,
+    port_optional: bool,
+    where: str,
+    proxy_name: str | None,
+) -> tuple[list[str], list[str]]:
+    """What is wrong with the headers that arrived, and the fix for each."""
     problems: list[str] = []
     fixes: list[str] = []
     if proxied:
@@ -298,27 +340,7 @@ def judge_forwarded_headers(
             f"{where} is reached without a proxy but has `x_forwarded: true`"
         )
         fixes.append(FIX_DISABLE_X_FORWARDED.format(listener=where))
-
-    if problems:
-        details["problems"] = problems
-        return warn(
-            FORWARDED_HEADERS,
-            "; ".join(problems),
-            fix=" ".join(dict.fromkeys(fixes)),
-            details=details,
-            target=target,
-        )
-    if proxied:
-        summary = (
-            "X-Forwarded-For, X-Forwarded-Proto and the original Host reach "
-            f"{where}, which uses them (`x_forwarded: true`)"
-        )
-    else:
-        summary = (
-            f"no reverse proxy in front of {where}; it does not trust "
-            "forwarded headers (`x_forwarded: false`), as it should"
-        )
-    return ok(FORWARDED_HEADERS, summary, details=details, target=target)
+    return problems, fixes
 
 
 def _unauthenticated(

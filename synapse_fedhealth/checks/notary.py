@@ -242,28 +242,9 @@ def judge_notary_answer(
         key_id=signing_key.key_id,
         minimum_valid_until_ts=minimum_valid_until_ts,
     )
-    if status != 200:
-        details["reason"] = "notary_error"
-        return warn(
-            NOTARY,
-            f"no outside view from {name}: it answered "
-            + describe_answer(status, headers, body),
-            fix=FIX_NOTARY_BAD_ANSWER.format(notary=name),
-            details=details,
-            target=name,
-        )
-    answer, problem = parse_json_object(body)
-    if answer is None or not isinstance(answer.get("server_keys"), list):
-        details["reason"] = "notary_bad_answer"
-        return warn(
-            NOTARY,
-            f"no outside view from {name}: its answer is unusable "
-            f"({problem or 'no `server_keys` list'})",
-            fix=FIX_NOTARY_BAD_ANSWER.format(notary=name),
-            details=details,
-            target=name,
-        )
-
+    answer = _usable_answer(status, headers, body, name, details)
+    if isinstance(answer, CheckResult):
+        return answer
     entries = _entries_for(answer, server_name)
     key_id = signing_key.key_id
     if not entries:
@@ -286,62 +267,17 @@ def judge_notary_answer(
         details["notary_signature"] = notary_problem or "valid"
 
     entry = _best_entry(entries, key_id)
-    if entry is None:
-        known = sorted(
-            {k for e in entries for k in served_key_map(e.get("verify_keys"))}
+    problem = (
+        _missing_key(entries, key_id, name, server_name, details)
+        if entry is None
+        else _entry_problem(
+            entry, signing_key, server_name, minimum_valid_until_ts, name, details
         )
-        old = any(key_id in served_key_map(e.get("old_verify_keys")) for e in entries)
-        details["reason"] = "old_key" if old else "other_key"
-        details["notary_key_ids"] = known
-        how = "only as an old key" if old else "not at all"
-        return fail(
-            NOTARY,
-            f"the notary {name} knows {server_name}'s keys "
-            f"{', '.join(known) or '(none)'}, and our current key {key_id} "
-            f"{how}: it could not fetch our current key response",
-            fix=(FIX_NOTARY_CANNOT_FETCH if old else FIX_NOTARY_OTHER_KEY).format(
-                notary=name, server_name=server_name
-            ),
-            details=details,
-            target=name,
-        )
-
-    ours = decode_base64(signing_key.verify_key_base64)
-    theirs = served_key_map(entry.get("verify_keys")).get(key_id)
-    if ours is None or theirs != ours:
-        details["reason"] = "key_mismatch"
-        return fail(
-            NOTARY,
-            f"the notary {name} holds another public key under {key_id} than "
-            "this Synapse",
-            fix=FIX_NOTARY_OTHER_KEY.format(notary=name, server_name=server_name),
-            details=details,
-            target=name,
-        )
-    if not signature_verifies_with_bytes(entry, server_name, key_id, ours):
-        details["reason"] = "self_signature"
-        return fail(
-            NOTARY,
-            f"the notary {name} returned our key without a valid signature of "
-            f"{server_name}: remote servers reject such a key response",
-            fix=FIX_NOTARY_OTHER_KEY.format(notary=name, server_name=server_name),
-            details=details,
-            target=name,
-        )
-
-    valid_until = int_field(entry, "valid_until_ts")
-    details["valid_until_ts"] = valid_until
-    if valid_until is None or valid_until < minimum_valid_until_ts:
-        details["reason"] = "stale"
-        return fail(
-            NOTARY,
-            f"the notary {name} only has a stale copy of our key (valid until "
-            f"{valid_until}, asked for at least {minimum_valid_until_ts}): it "
-            "could not fetch a fresh one from us",
-            fix=FIX_NOTARY_CANNOT_FETCH.format(notary=name),
-            details=details,
-            target=name,
-        )
+    )
+    if problem is not None:
+        reason, summary, fix = problem
+        details["reason"] = reason
+        return fail(NOTARY, summary, fix=fix, details=details, target=name)
     if notary_problem is not None:
         details["reason"] = "notary_signature"
         return warn(
@@ -363,6 +299,98 @@ def judge_notary_answer(
         details=details,
         target=name,
     )
+
+
+def _usable_answer(
+    status: int, headers: Headers, body: bytes, name: str, details: dict[str, Any]
+) -> dict[str, Any] | CheckResult:
+    """The answer's JSON object, or the warning that it has none: a notary
+    that can't answer gives no outside view, which is not our failure."""
+    if status != 200:
+        details["reason"] = "notary_error"
+        return warn(
+            NOTARY,
+            f"no outside view from {name}: it answered "
+            + describe_answer(status, headers, body),
+            fix=FIX_NOTARY_BAD_ANSWER.format(notary=name),
+            details=details,
+            target=name,
+        )
+    answer, problem = parse_json_object(body)
+    if answer is None or not isinstance(answer.get("server_keys"), list):
+        details["reason"] = "notary_bad_answer"
+        return warn(
+            NOTARY,
+            f"no outside view from {name}: its answer is unusable "
+            f"({problem or 'no `server_keys` list'})",
+            fix=FIX_NOTARY_BAD_ANSWER.format(notary=name),
+            details=details,
+            target=name,
+        )
+    return answer
+
+
+def _missing_key(
+    entries: Sequence[Mapping[str, Any]],
+    key_id: str,
+    name: str,
+    server_name: str,
+    details: dict[str, Any],
+) -> tuple[str, str, str]:
+    """(reason, summary, fix) when no entry holds our current key."""
+    known = sorted({k for e in entries for k in served_key_map(e.get("verify_keys"))})
+    old = any(key_id in served_key_map(e.get("old_verify_keys")) for e in entries)
+    details["notary_key_ids"] = known
+    how = "only as an old key" if old else "not at all"
+    return (
+        "old_key" if old else "other_key",
+        f"the notary {name} knows {server_name}'s keys "
+        f"{', '.join(known) or '(none)'}, and our current key {key_id} "
+        f"{how}: it could not fetch our current key response",
+        (FIX_NOTARY_CANNOT_FETCH if old else FIX_NOTARY_OTHER_KEY).format(
+            notary=name, server_name=server_name
+        ),
+    )
+
+
+def _entry_problem(
+    entry: Mapping[str, Any],
+    signing_key: SigningKeyInfo,
+    server_name: str,
+    minimum_valid_until_ts: int,
+    name: str,
+    details: dict[str, Any],
+) -> tuple[str, str, str] | None:
+    """(reason, summary, fix) when the entry with our key is not usable."""
+    key_id = signing_key.key_id
+    ours = decode_base64(signing_key.verify_key_base64)
+    theirs = served_key_map(entry.get("verify_keys")).get(key_id)
+    other_key_fix = FIX_NOTARY_OTHER_KEY.format(notary=name, server_name=server_name)
+    if ours is None or theirs != ours:
+        return (
+            "key_mismatch",
+            f"the notary {name} holds another public key under {key_id} than "
+            "this Synapse",
+            other_key_fix,
+        )
+    if not signature_verifies_with_bytes(entry, server_name, key_id, ours):
+        return (
+            "self_signature",
+            f"the notary {name} returned our key without a valid signature of "
+            f"{server_name}: remote servers reject such a key response",
+            other_key_fix,
+        )
+    valid_until = int_field(entry, "valid_until_ts")
+    details["valid_until_ts"] = valid_until
+    if valid_until is None or valid_until < minimum_valid_until_ts:
+        return (
+            "stale",
+            f"the notary {name} only has a stale copy of our key (valid until "
+            f"{valid_until}, asked for at least {minimum_valid_until_ts}): it "
+            "could not fetch a fresh one from us",
+            FIX_NOTARY_CANNOT_FETCH.format(notary=name),
+        )
+    return None
 
 
 def judge_notary_error(
