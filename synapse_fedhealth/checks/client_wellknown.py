@@ -152,55 +152,13 @@ def judge_client_well_known(
             details=details,
         )
 
-    problems: list[str] = []
-    fixes: list[str] = []
     details["content_type"] = content_type(headers)
-    obj, problem = parse_json_object(body)
-    if obj is None:
-        problems.append(f"it is not a JSON object ({problem})")
-        fixes.append(FIX_PUBLISH.format(server_name=server_name, base_url=expected))
-    else:
-        homeserver = obj.get("m.homeserver")
-        base_url = (
-            homeserver.get("base_url") if isinstance(homeserver, Mapping) else None
-        )
-        if not isinstance(base_url, str):
-            problems.append("it has no `m.homeserver.base_url` string")
-            fixes.append(FIX_PUBLISH.format(server_name=server_name, base_url=expected))
-        else:
-            details["base_url"] = base_url[:MAX_VALUE_CHARS]
-            if not knows_public_baseurl:
-                expected = base_url[:MAX_VALUE_CHARS]
-            elif normalise_base_url(base_url) != normalise_base_url(expected):
-                problems.append(
-                    f"`m.homeserver.base_url` is {base_url[:MAX_VALUE_CHARS]!r}, "
-                    f"not {expected!r}"
-                )
-                fixes.append(FIX_BASE_URL.format(base_url=expected))
-
-    cors_values = header_values(headers, "access-control-allow-origin")
-    details["access_control_allow_origin"] = ", ".join(cors_values) or None
-    cors = cors_problem(cors_values)
-    if cors is not None:
-        problems.append(cors)
-        fixes.append(
-            FIX_CORS_TWICE if len(_split(cors_values)) > 1 else fix_cors(proxy_name)
-        )
-    hop_problems = _redirect_cors_problems(redirects)
-    if hop_problems:
-        details["redirects"] = [
-            {
-                "url": hop.url[:MAX_VALUE_CHARS],
-                "status": hop.status,
-                "access_control_allow_origin": ", ".join(
-                    hop.header_values("access-control-allow-origin")
-                )
-                or None,
-            }
-            for hop in redirects
-        ]
-        problems.extend(hop_problems)
-        fixes.append(FIX_CORS_REDIRECT)
+    expected, problems, fixes = _base_url_problems(
+        body, details, expected, server_name, knows_public_baseurl
+    )
+    cors_problems, cors_fixes = _cors_problems(headers, redirects, details, proxy_name)
+    problems += cors_problems
+    fixes += cors_fixes
     if versions is not None:
         base_url = str(details.get("base_url", ""))
         judged = judge_client_versions(versions, details)
@@ -229,6 +187,74 @@ def judge_client_well_known(
         f"client well-known points clients to {expected}",
         details=details,
     )
+
+
+def _base_url_problems(
+    body: bytes,
+    details: dict[str, Any],
+    expected: str,
+    server_name: str,
+    knows_public_baseurl: bool,
+) -> tuple[str, list[str], list[str]]:
+    """(the base URL clients are sent to, problems, fixes) of the body."""
+    problems: list[str] = []
+    fixes: list[str] = []
+    obj, problem = parse_json_object(body)
+    if obj is None:
+        problems.append(f"it is not a JSON object ({problem})")
+        fixes.append(FIX_PUBLISH.format(server_name=server_name, base_url=expected))
+        return expected, problems, fixes
+    homeserver = obj.get("m.homeserver")
+    base_url = homeserver.get("base_url") if isinstance(homeserver, Mapping) else None
+    if not isinstance(base_url, str):
+        problems.append("it has no `m.homeserver.base_url` string")
+        fixes.append(FIX_PUBLISH.format(server_name=server_name, base_url=expected))
+        return expected, problems, fixes
+    details["base_url"] = base_url[:MAX_VALUE_CHARS]
+    if not knows_public_baseurl:
+        return base_url[:MAX_VALUE_CHARS], problems, fixes
+    if normalise_base_url(base_url) != normalise_base_url(expected):
+        problems.append(
+            f"`m.homeserver.base_url` is {base_url[:MAX_VALUE_CHARS]!r}, "
+            f"not {expected!r}"
+        )
+        fixes.append(FIX_BASE_URL.format(base_url=expected))
+    return expected, problems, fixes
+
+
+def _cors_problems(
+    headers: Headers,
+    redirects: Sequence[RedirectHop],
+    details: dict[str, Any],
+    proxy_name: str | None,
+) -> tuple[list[str], list[str]]:
+    """CORS as a browser judges it: the answer's header, and every hop's."""
+    problems: list[str] = []
+    fixes: list[str] = []
+    cors_values = header_values(headers, "access-control-allow-origin")
+    details["access_control_allow_origin"] = ", ".join(cors_values) or None
+    cors = cors_problem(cors_values)
+    if cors is not None:
+        problems.append(cors)
+        fixes.append(
+            FIX_CORS_TWICE if len(_split(cors_values)) > 1 else fix_cors(proxy_name)
+        )
+    hop_problems = _redirect_cors_problems(redirects)
+    if hop_problems:
+        details["redirects"] = [
+            {
+                "url": hop.url[:MAX_VALUE_CHARS],
+                "status": hop.status,
+                "access_control_allow_origin": ", ".join(
+                    hop.header_values("access-control-allow-origin")
+                )
+                or None,
+            }
+            for hop in redirects
+        ]
+        problems.extend(hop_problems)
+        fixes.append(FIX_CORS_REDIRECT)
+    return problems, fixes
 
 
 def judge_client_well_known_error(
