@@ -98,28 +98,7 @@ def check_well_known(
         WellKnownKind.UNREACHABLE,
         WellKnownKind.NON_200,
     ):
-        what = {
-            WellKnownKind.ABSENT: "none (HTTP 404)",
-            WellKnownKind.UNREACHABLE: f"none: {outcome.problem or 'nothing answers on port 443'}",
-            WellKnownKind.NON_200: f"HTTP {outcome.http.status if outcome.http else '?'}; peers treat it as absent",
-        }[outcome.kind]
-        if fallback_works:
-            summary = f"{what}; peers use SRV or port 8448, which works"
-            if outcome.kind == WellKnownKind.NON_200:
-                return warn(
-                    WELL_KNOWN,
-                    summary,
-                    fix=f"Serve a 404 (or a valid delegation) at https://{name}/.well-known/matrix/server; "
-                    "an error status may hide a delegation you meant to publish.",
-                    details=details,
-                )
-            return ok(WELL_KNOWN, summary, details=details)
-        return fail(
-            WELL_KNOWN,
-            f"{what}, and the fallback (SRV or port 8448) does not reach a working federation endpoint",
-            fix=_FIX_PUBLISH.format(name=name),
-            details=details,
-        )
+        return _no_delegation(name, outcome, details, fallback_works=fallback_works)
     if outcome.kind == WellKnownKind.TLS:
         return fail(
             WELL_KNOWN,
@@ -128,25 +107,7 @@ def check_well_known(
             details=details,
         )
     if outcome.kind == WellKnownKind.TIMEOUT:
-        dns_timeout = (
-            outcome.http is not None and "lookup" in outcome.http.error_message
-        )
-        return fail(
-            WELL_KNOWN,
-            f"fetching https://{name}/.well-known/matrix/server timed out"
-            + (
-                f" ({outcome.http.error_message})"
-                if dns_timeout and outcome.http
-                else ""
-            ),
-            fix=(
-                f"Make the DNS servers answer for {name} (authoritative servers reachable, or `dns_servers` correct)."
-                if dns_timeout
-                else f"Make port 443 on {name} answer (firewall, proxy up), or stop publishing A/AAAA records "
-                f"for {name} that point at a host that does not answer."
-            ),
-            details=details,
-        )
+        return _timed_out(name, outcome, details)
     if outcome.kind == WellKnownKind.INVALID:
         return fail(
             WELL_KNOWN,
@@ -159,6 +120,57 @@ def check_well_known(
         WELL_KNOWN,
         f"fetching the well-known failed: {outcome.problem}",
         fix=_failed_fix(outcome.reason, name),
+        details=details,
+    )
+
+
+def _no_delegation(
+    name: str,
+    outcome: WellKnownOutcome,
+    details: dict[str, Any],
+    *,
+    fallback_works: bool,
+) -> CheckResult:
+    """No well-known (404, unreachable, an error status): fine when the
+    fallback works, a failure when nothing else reaches the server."""
+    what = {
+        WellKnownKind.ABSENT: "none (HTTP 404)",
+        WellKnownKind.UNREACHABLE: f"none: {outcome.problem or 'nothing answers on port 443'}",
+        WellKnownKind.NON_200: f"HTTP {outcome.http.status if outcome.http else '?'}; peers treat it as absent",
+    }[outcome.kind]
+    if fallback_works:
+        summary = f"{what}; peers use SRV or port 8448, which works"
+        if outcome.kind == WellKnownKind.NON_200:
+            return warn(
+                WELL_KNOWN,
+                summary,
+                fix=f"Serve a 404 (or a valid delegation) at https://{name}/.well-known/matrix/server; "
+                "an error status may hide a delegation you meant to publish.",
+                details=details,
+            )
+        return ok(WELL_KNOWN, summary, details=details)
+    return fail(
+        WELL_KNOWN,
+        f"{what}, and the fallback (SRV or port 8448) does not reach a working federation endpoint",
+        fix=_FIX_PUBLISH.format(name=name),
+        details=details,
+    )
+
+
+def _timed_out(
+    name: str, outcome: WellKnownOutcome, details: dict[str, Any]
+) -> CheckResult:
+    dns_timeout = outcome.http is not None and "lookup" in outcome.http.error_message
+    return fail(
+        WELL_KNOWN,
+        f"fetching https://{name}/.well-known/matrix/server timed out"
+        + (f" ({outcome.http.error_message})" if dns_timeout and outcome.http else ""),
+        fix=(
+            f"Make the DNS servers answer for {name} (authoritative servers reachable, or `dns_servers` correct)."
+            if dns_timeout
+            else f"Make port 443 on {name} answer (firewall, proxy up), or stop publishing A/AAAA records "
+            f"for {name} that point at a host that does not answer."
+        ),
         details=details,
     )
 
