@@ -288,41 +288,17 @@ def snapshot_from_raw(
         raw.get("worker_listeners" if is_worker else "listeners") or []
     )
 
-    signing_keys: tuple[SigningKeyInfo, ...] = ()
-    signing_key_error = None
     key_path = abspath(raw.get("signing_key_path")) or os.path.join(
         config_dir, f"{server_name}.signing.key"
     )
-    try:
-        from signedjson.key import read_signing_keys
-
-        with open(key_path) as f:
-            signing_keys = _signing_key_info(read_signing_keys(f))
-    except OSError as e:
-        signing_key_error = f"cannot read {key_path}: {e.strerror}"
-    except Exception as e:  # a corrupt key file
-        signing_key_error = f"cannot parse {key_path}: {e}"
-
+    signing_keys, signing_key_error = _signing_keys_from_file(key_path)
     from synapse.config._base import Config
 
     try:
         refresh_ms = Config.parse_duration(raw.get("key_refresh_interval", "1d"))
     except (TypeError, ValueError):
         refresh_ms = DEFAULT_KEY_REFRESH_INTERVAL_MS
-
-    trusted: list[TrustedKeyServerInfo] = []
-    raw_servers = raw.get("trusted_key_servers")
-    if raw_servers is None and "perspectives" not in raw:
-        raw_servers = [{"server_name": "matrix.org"}]
-    for entry in raw_servers or []:
-        if isinstance(entry, Mapping) and isinstance(entry.get("server_name"), str):
-            keys = entry.get("verify_keys")
-            trusted.append(
-                TrustedKeyServerInfo(
-                    server_name=entry["server_name"],
-                    verify_keys=dict(keys) if isinstance(keys, Mapping) else None,
-                )
-            )
+    trusted = _trusted_key_servers_from_raw(raw)
 
     whitelist = raw.get("federation_domain_whitelist")
     # As Synapse's _worker_names_performing_this_duty: the main process sends
@@ -370,6 +346,41 @@ def snapshot_from_raw(
         trusted_key_servers=tuple(trusted),
         config_files=tuple(os.path.abspath(p) for p in config_files),
     )
+
+
+def _signing_keys_from_file(
+    key_path: str,
+) -> tuple[tuple[SigningKeyInfo, ...], str | None]:
+    """The keys in `key_path`, or why there are none."""
+    try:
+        from signedjson.key import read_signing_keys
+
+        with open(key_path) as f:
+            return _signing_key_info(read_signing_keys(f)), None
+    except OSError as e:
+        return (), f"cannot read {key_path}: {e.strerror}"
+    except Exception as e:  # a corrupt key file
+        return (), f"cannot parse {key_path}: {e}"
+
+
+def _trusted_key_servers_from_raw(
+    raw: Mapping[str, Any],
+) -> list[TrustedKeyServerInfo]:
+    """`trusted_key_servers`, with Synapse's default (matrix.org) when unset."""
+    trusted: list[TrustedKeyServerInfo] = []
+    raw_servers = raw.get("trusted_key_servers")
+    if raw_servers is None and "perspectives" not in raw:
+        raw_servers = [{"server_name": "matrix.org"}]
+    for entry in raw_servers or []:
+        if isinstance(entry, Mapping) and isinstance(entry.get("server_name"), str):
+            keys = entry.get("verify_keys")
+            trusted.append(
+                TrustedKeyServerInfo(
+                    server_name=entry["server_name"],
+                    verify_keys=dict(keys) if isinstance(keys, Mapping) else None,
+                )
+            )
+    return trusted
 
 
 def module_entry_config(raw: Mapping[str, Any]) -> object:
