@@ -807,12 +807,17 @@ class SynapseOutbound:
             proxy = (scheme + "//" if scheme else "") + rest.rsplit("@", 1)[1]
         return proxy
 
-    # -- DestinationsReader --------------------------------------------------------
+
+class SynapseDestinations:
+    """Synapse's destinations table, read only (`outbound.destinations`)."""
+
+    def __init__(self, api: ModuleApi) -> None:
+        self._api = api
 
     async def read(self) -> Any:
         # In a named logcontext of its own: a run may start in the sentinel
         # context, and a database transaction must not. Awaited as it is (it
-        # fires in the sentinel context), as in `probe`.
+        # fires in the sentinel context), as in `SynapseOutbound.probe`.
         return await self._api.run_as_background_process(
             "fedhealth_destinations", self._read_in_context
         )

@@ -371,7 +371,7 @@ def _outbound_environment(
     traffic = homeserver.FederationTrafficRecorder(api, snapshot.server_name)
     return OutboundEnvironment(
         client=client,
-        destinations=client,
+        destinations=homeserver.SynapseDestinations(api),
         traffic=traffic,
         probe_servers=servers,
         source=source,
