@@ -62,19 +62,7 @@ class FedHealthModule:
         self._api = api
         reactor = homeserver.reactor_of(api)
         runs_network = api.should_run_background_tasks()
-        snapshot: homeserver.HomeserverSnapshot | None = None
-        snapshot_error = ""
-        try:
-            snapshot = homeserver.snapshot_of(api)
-        except Exception as e:
-            # A Synapse release that moved its config objects must not stop
-            # the homeserver: report the problem instead of checks.
-            snapshot_error = f"{type(e).__name__}: {e}"
-            logger.warning(
-                "synapse_fedhealth could not read Synapse's configuration (%s); "
-                "the report will say so",
-                snapshot_error,
-            )
+        snapshot, snapshot_error = _snapshot_or_error(api)
         # The echo resource answers our own proxy.forwarded_headers probe when
         # it arrives through the public path. Every process mounts it; the
         # nonce secret comes from the signing key, which all processes share.
@@ -133,24 +121,30 @@ class FedHealthModule:
             )
         if runs_network:
             reactor.addSystemEventTrigger("during", "shutdown", self._io.stop)
-            if shared:
-                # A refresh asked on another process arrives through the
-                # shared table: one small read per second.
-                api.looping_background_call(
-                    self.shared.poll_refresh_requests,
-                    REFRESH_POLL_MS,
-                    desc="fedhealth_refresh_requests",
-                )
-            if config.startup_check:
-                api.delayed_background_call(
-                    config.startup_delay_ms,
-                    self._background_run,
-                    desc="fedhealth_startup",
-                )
-            if config.interval_ms:
-                api.looping_background_call(
-                    self._background_run, config.interval_ms, desc="fedhealth_periodic"
-                )
+            self._schedule_runs(config, shared=shared)
+
+    def _schedule_runs(self, config: FedHealthConfig, *, shared: bool) -> None:
+        """On the process that runs background tasks: the start-up run, the
+        periodic run, and the refreshes other processes ask for."""
+        api = self._api
+        if shared:
+            # A refresh asked on another process arrives through the shared
+            # table: one small read per second.
+            api.looping_background_call(
+                self.shared.poll_refresh_requests,
+                REFRESH_POLL_MS,
+                desc="fedhealth_refresh_requests",
+            )
+        if config.startup_check:
+            api.delayed_background_call(
+                config.startup_delay_ms,
+                self._background_run,
+                desc="fedhealth_startup",
+            )
+        if config.interval_ms:
+            api.looping_background_call(
+                self._background_run, config.interval_ms, desc="fedhealth_periodic"
+            )
 
     @staticmethod
     def parse_config(config: dict[str, Any]) -> FedHealthConfig:
@@ -377,6 +371,23 @@ def _outbound_environment(
         source=source,
         answers=answers,
     )
+
+
+def _snapshot_or_error(
+    api: ModuleApi,
+) -> tuple[homeserver.HomeserverSnapshot | None, str]:
+    try:
+        return homeserver.snapshot_of(api), ""
+    except Exception as e:
+        # A Synapse release that moved its config objects must not stop the
+        # homeserver: report the problem instead of checks.
+        error = f"{type(e).__name__}: {e}"
+        logger.warning(
+            "synapse_fedhealth could not read Synapse's configuration (%s); "
+            "the report will say so",
+            error,
+        )
+        return None, error
 
 
 def _nonce_secret(snapshot: homeserver.HomeserverSnapshot | None) -> bytes | None:
