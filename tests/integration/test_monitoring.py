@@ -242,8 +242,15 @@ def test_periodic_run_transitions_and_metrics(
     transitions = [(lvl, m) for lvl, m in lines if m.endswith(")") and "(was " in m] + [
         (lvl, m) for lvl, m in lines if " recovered (" in m
     ]
-    went_worse = sorted(m.split(" [")[0] for lvl, m in transitions if "(was " in m)
-    came_back = sorted(m.split(" [")[0] for lvl, m in transitions if "recovered" in m)
+    # "<check id> [<target>]: ..." or, without a target, "<check id>: ...".
+    went_worse = sorted(
+        re.split(r"[ :]", m, maxsplit=1)[0] for lvl, m in transitions if "(was " in m
+    )
+    came_back = sorted(
+        re.split(r"[ :]", m, maxsplit=1)[0]
+        for lvl, m in transitions
+        if "recovered" in m
+    )
     assert went_worse == worse, text
     assert came_back == worse, text
     assert all(lvl == "WARNING" for lvl, m in transitions if "(was " in m), text
