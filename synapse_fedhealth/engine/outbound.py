@@ -1,9 +1,8 @@
-"""The outbound direction's I/O seams (SPEC 4.6), and the third-party rate
-limit of `outbound.reach`.
+"""The outbound direction's I/O seams (SPEC 4.6).
 
-The module's Synapse adapter (`homeserver.SynapseOutbound`) implements
-`OutboundClient` with Synapse's own federation agent, and
-`DestinationsReader` with Synapse's database; the traffic recorder feeds
+The module's Synapse adapter implements `OutboundClient` with Synapse's own
+federation agent (`homeserver.SynapseOutbound`) and `DestinationsReader` with
+Synapse's database (`homeserver.SynapseDestinations`); the traffic recorder feeds
 `TrafficSource`. Tests pass fakes. Nothing here imports Synapse.
 """
 
@@ -21,8 +20,7 @@ from synapse_fedhealth.checks.outbound import (
 )
 from synapse_fedhealth.checks.traffic import TrafficRecord
 
-# SPEC 2.2: third parties are asked at most once a minute, however often a
-# refresh is asked for.
+# Causes kept from a failure's chain of wrapped exceptions.
 MAX_ERROR_CHAIN = 6
 # A probe ends this long before the run's deadline, so that its own cut
 # (and the lookups that name a failure's cause) land inside the run, and the
