@@ -98,9 +98,17 @@ def base_config(
     return config
 
 
+_REPO = Path(__file__).resolve().parents[3]
+
+
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """os.environ without proxy settings (every request stays on loopback)."""
+    """os.environ without proxy settings (every request stays on loopback),
+    with the repository on PYTHONPATH: a test may load a module of its own
+    (`tests.integration.…`) into Synapse."""
     env = {k: v for k, v in os.environ.items() if k.lower() not in _PROXY_VARIABLES}
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(_REPO), env.get("PYTHONPATH", "")) if p
+    )
     env.update(extra or {})
     return env
 
