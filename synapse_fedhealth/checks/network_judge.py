@@ -64,20 +64,7 @@ def judge_network(
 ) -> NetworkJudgement:
     name = resolution.server_name
     if resolution.invalid_name:
-        return NetworkJudgement(
-            checks=(
-                fail(
-                    discovery.TARGETS,
-                    f"{name!r} is not a valid server name: {resolution.invalid_name}",
-                    fix="Set `server_name` to a host name (optionally with :port) as the Matrix spec's grammar allows.",
-                    details={"reason": "invalid_server_name"},
-                ),
-            ),
-            served_keys={},
-            verifications={},
-            versions={},
-            cert_expiry={},
-        )
+        return _invalid_name(resolution)
     tls_by_address = {
         t.address: _tls_or_timeout(t, probes.get(t.address)) for t in resolution.targets
     }
@@ -94,26 +81,11 @@ def judge_network(
             connection.check_reachable(target, tls, any_reachable=any_reachable)
         )
         per_target.append(connection.check_handshake(target, tls))
-        cert_check, verification = connection.check_certificate(
-            target,
-            tls,
-            settings.trust,
-            warning_days=settings.cert_expiry_warning_days,
-            now=now,
-            issuers=probe.issuers,
-        )
-        if settings.trust_error:
-            cert_check = attr.evolve(
-                cert_check,
-                details={
-                    **cert_check.details,
-                    "trust_store_error": settings.trust_error,
-                },
+        per_target.append(
+            _judge_certificate(
+                target, tls, probe, settings, now, verifications, cert_expiry
             )
-        per_target.append(cert_check)
-        if verification is not None:
-            verifications[target.address] = verification
-            _earliest(cert_expiry, target.sni, verification.not_after)
+        )
         if (
             any_reachable
             and tls.connect != ConnectOutcome.OK
@@ -148,6 +120,53 @@ def judge_network(
         versions=versions,
         cert_expiry=cert_expiry,
     )
+
+
+def _invalid_name(resolution: Resolution) -> NetworkJudgement:
+    return NetworkJudgement(
+        checks=(
+            fail(
+                discovery.TARGETS,
+                f"{resolution.server_name!r} is not a valid server name: "
+                f"{resolution.invalid_name}",
+                fix="Set `server_name` to a host name (optionally with :port) as the Matrix spec's grammar allows.",
+                details={"reason": "invalid_server_name"},
+            ),
+        ),
+        served_keys={},
+        verifications={},
+        versions={},
+        cert_expiry={},
+    )
+
+
+def _judge_certificate(
+    target: Target,
+    tls: TlsProbeResult,
+    probe: TargetProbe,
+    settings: JudgeSettings,
+    now: float,
+    verifications: dict[str, CertVerification],
+    cert_expiry: dict[str, float],
+) -> CheckResult:
+    """`tls.certificate` for one target; records its verification and expiry."""
+    cert_check, verification = connection.check_certificate(
+        target,
+        tls,
+        settings.trust,
+        warning_days=settings.cert_expiry_warning_days,
+        now=now,
+        issuers=probe.issuers,
+    )
+    if settings.trust_error:
+        cert_check = attr.evolve(
+            cert_check,
+            details={**cert_check.details, "trust_store_error": settings.trust_error},
+        )
+    if verification is not None:
+        verifications[target.address] = verification
+        _earliest(cert_expiry, target.sni, verification.not_after)
+    return cert_check
 
 
 def _judge_endpoints(
