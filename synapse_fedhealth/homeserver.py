@@ -14,15 +14,18 @@ import copy
 import logging
 import os
 import urllib.parse
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attr
 
 if TYPE_CHECKING:
+    from typing import LiteralString
+
     from synapse.config.homeserver import HomeServerConfig
     from synapse.config.server import ListenerConfig
     from synapse.module_api import ModuleApi, Requester
+    from twisted.internet import defer
 
 logger = logging.getLogger("synapse_fedhealth")
 
@@ -452,6 +455,33 @@ def reactor_of(api: ModuleApi) -> Any:
         return reactor
 
 
+def synapse_version() -> str:
+    """The running Synapse's version (`synapse.__version__`)."""
+    from synapse import __version__
+
+    return str(__version__)
+
+
+def run_as_background_process(
+    api: ModuleApi, desc: LiteralString, func: Callable[..., Awaitable[Any]], *args: Any
+) -> defer.Deferred[Any]:
+    """Runs `func(*args)` as a named Synapse background process: its own
+    logcontext, its CPU and database use in Synapse's background-process
+    metrics. The Deferred fires in the sentinel context.
+
+    `ModuleApi.run_as_background_process` is new in Synapse 1.136; before, the
+    module API exports the same function at module level (with the same
+    arguments; it is deprecated from 1.136 on)."""
+    start: Callable[..., defer.Deferred[Any]] | None = getattr(
+        api, "run_as_background_process", None
+    )
+    if start is None:
+        from synapse.module_api import run_as_background_process as start_process
+
+        start = start_process
+    return start(desc, func, *args)
+
+
 def user_agent_of(api: ModuleApi) -> str:
     """The User-Agent Synapse's federation client sends (matrixfederationclient);
     where Synapse moved what it is made of, `Synapse/<version>`."""
@@ -607,7 +637,8 @@ class SynapseOutbound:
 
         start = self._reactor.seconds()
         try:
-            d = self._api.run_as_background_process(
+            d = run_as_background_process(
+                self._api,
                 "fedhealth_outbound_probe",
                 self._probe,
                 server_name,
@@ -818,8 +849,8 @@ class SynapseDestinations:
         # In a named logcontext of its own: a run may start in the sentinel
         # context, and a database transaction must not. Awaited as it is (it
         # fires in the sentinel context), as in `SynapseOutbound.probe`.
-        return await self._api.run_as_background_process(
-            "fedhealth_destinations", self._read_in_context
+        return await run_as_background_process(
+            self._api, "fedhealth_destinations", self._read_in_context
         )
 
     async def _read_in_context(self) -> Any:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Coroutine, Generator
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, cast
 
 from synapse.logging import context as synapse_logcontext
@@ -39,10 +41,13 @@ from synapse_fedhealth.monitor import log_config_problems
 from synapse_fedhealth.report import Report
 from synapse_fedhealth.resource import FedHealthResource
 from synapse_fedhealth.service import FedHealthService
+from synapse_fedhealth.synapse_versions import version_warning
 from synapse_fedhealth.third_party import ThirdPartyAnswers
 from synapse_fedhealth.wiring import ProcessIO
 
 if TYPE_CHECKING:
+    from typing import LiteralString
+
     from synapse.module_api import ModuleApi
 
 logger = logging.getLogger("synapse_fedhealth")
@@ -50,6 +55,8 @@ logger = logging.getLogger("synapse_fedhealth")
 ENDPOINT_PATH = "/_synapse/fedhealth"
 # The background process every run is (its log lines say `fedhealth_run-N`).
 RUN_PROCESS_NAME = "fedhealth_run"
+# The logcontext of the module's start-up on a Synapse that gives it none.
+STARTUP_CONTEXT_NAME = "fedhealth_start"
 
 
 class FedHealthModule:
@@ -59,7 +66,17 @@ class FedHealthModule:
     """
 
     def __init__(self, config: FedHealthConfig, api: ModuleApi) -> None:
+        # Synapse before 1.13x loads modules in the sentinel logcontext; the
+        # start-up's log lines (config problems) get a context of their own.
+        with _startup_logcontext(api.server_name):
+            self._start(config, api)
+
+    def _start(self, config: FedHealthConfig, api: ModuleApi) -> None:
         self._api = api
+        # Once per process, before anything that an untested Synapse may break.
+        untested = version_warning(homeserver.synapse_version())
+        if untested is not None:
+            logger.warning("%s", untested)
         reactor = homeserver.reactor_of(api)
         runs_network = api.should_run_background_tasks()
         snapshot, snapshot_error = _snapshot_or_error(api)
@@ -210,16 +227,30 @@ _RUN_LOGCONTEXT: contextvars.ContextVar[Any] = contextvars.ContextVar(
 
 
 class _RunLogLabel(logging.Filter):
-    """Names the run on a module log line logged while the sentinel context
-    is current (a spawned coroutine resumed by the reactor). Synapse's
-    LoggingContextFilter keeps `request` and `server_name` that are already
-    set when the current context is the sentinel."""
+    """Puts a module log line logged while the sentinel context is current (a
+    spawned coroutine resumed by the reactor) in its run's logcontext.
+
+    While the run goes on, the line is handled again inside the run's
+    context: Synapse's LoggingContextFilter names the context current when it
+    runs, and before Synapse 1.14x it overwrites any `request` already on the
+    record. Once the run has finished (a probe that outlived it), switching
+    back into its context would be an error, so the line is only labelled:
+    newer Synapses keep that label."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         run_context = _RUN_LOGCONTEXT.get()
-        if run_context is not None and current_context() is SENTINEL_CONTEXT:
-            record.request = str(run_context)
-            record.server_name = getattr(run_context, "server_name", "")
+        if run_context is None or current_context() is not SENTINEL_CONTEXT:
+            return True
+        if (
+            getattr(run_context, "finished", True) is False
+            and threading.current_thread() is threading.main_thread()
+        ):
+            with PreserveLoggingContext(run_context):
+                # Back through this filter, now outside the sentinel context.
+                logging.getLogger(record.name).handle(record)
+            return False
+        record.request = str(run_context)
+        record.server_name = getattr(run_context, "server_name", "")
         return True
 
 
@@ -255,11 +286,7 @@ def _start_named_run(
         else:
             done.callback(report)
 
-    start_process = getattr(api, "run_as_background_process", None)
-    if start_process is not None:
-        start_process(RUN_PROCESS_NAME, body)
-    else:
-        _run_in_named_context(api.server_name, body)
+    homeserver.run_as_background_process(api, RUN_PROCESS_NAME, body)
     return done
 
 
@@ -299,40 +326,30 @@ class _InLogContext:
                 sent, thrown = None, e
 
 
-def _run_in_named_context(
-    server_name: str, body: Callable[[], Coroutine[Any, Any, None]]
-) -> None:
-    """For Synapses whose module API has no `run_as_background_process`."""
-    # Where the class lives and what it takes has changed between releases.
-    logging_context: Any = getattr(synapse_logcontext, "LoggingContext")  # noqa: B009
-    context: Any
+def _startup_logcontext(server_name: str) -> AbstractContextManager[Any]:
+    """A named logcontext for the module's start-up where Synapse starts it
+    in the sentinel context; where Synapse gave it one, that one."""
+    if current_context() is not SENTINEL_CONTEXT:
+        return nullcontext()
+    # What LoggingContext takes has changed between releases.
+    make: Any = getattr(synapse_logcontext, "LoggingContext")  # noqa: B009
     try:
-        context = logging_context(name=RUN_PROCESS_NAME, server_name=server_name)
-    except TypeError:  # a Synapse whose logcontexts name no server
-        context = logging_context(RUN_PROCESS_NAME)
-
-    async def named() -> None:
-        with context:
-            await body()
-
-    with PreserveLoggingContext():
-        defer.ensureDeferred(named())
+        return cast(
+            AbstractContextManager[Any],
+            make(name=STARTUP_CONTEXT_NAME, server_name=server_name),
+        )
+    except TypeError:  # before 1.136: logcontexts name no server
+        return cast(AbstractContextManager[Any], make(name=STARTUP_CONTEXT_NAME))
 
 
 def _background(
-    api: ModuleApi, desc: str
+    api: ModuleApi, desc: LiteralString
 ) -> Callable[[Callable[[], Awaitable[None]]], None]:
     """Runs a function as a named Synapse background process (its own
     logcontext and resource metrics), fire and forget."""
-    run: Callable[..., Any] | None = getattr(api, "run_as_background_process", None)
-    if run is None:  # Synapse before 1.136
-        from synapse.module_api import run_as_background_process
-
-        run = run_as_background_process
 
     def spawn(func: Callable[[], Awaitable[None]]) -> None:
-        assert run is not None
-        run(desc, func)
+        homeserver.run_as_background_process(api, desc, func)
 
     return spawn
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from signedjson.key import decode_verify_key_base64
 from signedjson.sign import SignatureVerifyException, verify_signed_json
 from synapse.api.errors import SynapseError
-from synapse.crypto.keyring import Keyring, VerifyJsonRequest
+from synapse.crypto.keyring import VerifyJsonRequest
 from synapse.federation.transport.server._base import (
     AuthenticationError,
     Authenticator,
@@ -40,6 +40,7 @@ from synapse_fedhealth.homeserver import HomeserverSnapshot, SigningKeyInfo
 from synapse_fedhealth.report import CheckResult, Status
 from tests.hypothesis_settings import REMOTE_INPUT_SETTINGS
 from tests.unit.insider_helpers import PROPERTY_SETTINGS, REQUEST, SERVER_NAME, make_key
+from tests.unit.synapse_releases import keyring_process_json
 
 KEY = make_key()
 
@@ -152,7 +153,7 @@ class _RealSignatureKeyring:
     async def verify_json_for_server(self, server_name: str, obj: Any, ts: int) -> None:
         request = VerifyJsonRequest.from_json_object(server_name, obj, ts)
         for key_id in request.key_ids:
-            await Keyring.process_json(None, self._keys[key_id], request)  # type: ignore[arg-type]
+            await keyring_process_json()(None, self._keys[key_id], request)
 
 
 class _FakeHs:

@@ -90,13 +90,11 @@ def _service(family: CheckFamily, **config: Any) -> FedHealthService:
 
 def _mock_api() -> mock.Mock:
     """A ModuleApi whose background processes are Synapse's own."""
-    from synapse.metrics.background_process_metrics import run_as_background_process
+    from .synapse_releases import background_process_runner
 
     api = mock.Mock()
     api.server_name = "example.com"
-    api.run_as_background_process.side_effect = lambda desc, func, *args, **kwargs: (
-        run_as_background_process(desc, "example.com", func, *args, **kwargs)
-    )
+    api.run_as_background_process.side_effect = background_process_runner("example.com")
     return api
 
 

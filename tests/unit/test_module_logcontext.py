@@ -14,13 +14,13 @@ from synapse.logging.context import (
     make_deferred_yieldable,
     run_in_background,
 )
-from synapse.synapse_rust.logcontext import LoggingContext
 from twisted.internet import task
 
 from synapse_fedhealth.engine.deadline import Deadline
 from synapse_fedhealth.report import Report, fail
 from synapse_fedhealth.runner import FamilyOutcome
 
+from .synapse_releases import request_logcontext
 from .test_module import OneFamily, _module
 
 logger = logging.getLogger("synapse_fedhealth")  # as the module logs
@@ -74,7 +74,7 @@ def test_a_run_logs_from_its_own_background_process(
         seen.append((report, str(current_context())))
 
     try:
-        with LoggingContext(name="GET-1", server_name="example.com"):
+        with request_logcontext("GET-1", "example.com"):
             run_in_background(waiter)
         assert str(current_context()) == "sentinel"
         reactor.advance(1)

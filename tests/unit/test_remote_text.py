@@ -11,7 +11,6 @@ import logging
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from synapse.util.json import json_encoder
 
 from synapse_fedhealth.checks.discovery import Target
 from synapse_fedhealth.checks.federation import check_version
@@ -19,6 +18,8 @@ from synapse_fedhealth.net.results import HttpResult
 from synapse_fedhealth.remote_text import clean_json, clean_line, clean_text
 from synapse_fedhealth.render.text import problem_line, render_text
 from synapse_fedhealth.report import CheckResult, Report, Status, fail
+
+from .synapse_releases import json_encoder
 
 HOSTILE = (
     "Syn\ud800apse\x1b[2J\x1b]0;pwned\x07\r\nfedhealth WARNING forged\u202e\x9b31m\x7f"
@@ -91,7 +92,7 @@ def _report(check: CheckResult) -> Report:
 def _assert_outputs_survive(check: CheckResult) -> None:
     report = _report(check)
     # JSON, as the endpoint encodes it (Synapse's encoder, then UTF-8).
-    encoded = json_encoder.encode(clean_json(report.to_json())).encode("utf-8")
+    encoded = json_encoder().encode(clean_json(report.to_json())).encode("utf-8")
     assert "\x1b" not in encoded.decode("utf-8")
     # The text page and the CLI.
     text = render_text(report, width=100)
