@@ -119,3 +119,37 @@ ensure_venv() {
     "$VENV/bin/python" -m pip install -q -e "$target" || return 1
     printf '%s\n' "$want" >"$stamp"
 }
+
+# The oldest Synapse we support (synapse_fedhealth/synapse_versions.py), with
+# the dependency versions of its time.
+OLDEST_SYNAPSE="$(sed -n 's/^OLDEST_SUPPORTED = "\(.*\)"$/\1/p' "$REPO/synapse_fedhealth/synapse_versions.py")"
+OLDEST_VENV="$REPO/.venv-oldest"
+
+# ensure_oldest_venv: $OLDEST_VENV with Synapse $OLDEST_SYNAPSE, this package
+# and the test tools, every version held to constraints/synapse-<it>.txt (the
+# test tools are the newest that fit; `-c` does not reach pip's isolated
+# build of this package, which needs a newer setuptools).
+ensure_oldest_venv() {
+    local constraints="$REPO/constraints/synapse-$OLDEST_SYNAPSE.txt"
+    [ -n "$OLDEST_SYNAPSE" ] && [ -f "$constraints" ] || {
+        echo "no constraints file for the oldest Synapse ($constraints)" >&2
+        return 1
+    }
+    ensure_python_venv || return 1
+    if [ ! -x "$OLDEST_VENV/bin/python" ] || ! "$OLDEST_VENV/bin/python" -c 'import sys' 2>/dev/null; then
+        say "creating $OLDEST_VENV"
+        rm -rf "$OLDEST_VENV"
+        "$PYTHON" -m venv "$OLDEST_VENV" || return 1
+    fi
+    local stamp="$OLDEST_VENV/.synapse-fedhealth-installed"
+    local want
+    want="$(cat "$REPO/pyproject.toml" "$constraints" | sha256sum | cut -d' ' -f1)"
+    if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] \
+        && (cd / && "$OLDEST_VENV/bin/python" -c 'import synapse_fedhealth') 2>/dev/null; then
+        return 0
+    fi
+    say "pip install -c constraints/synapse-$OLDEST_SYNAPSE.txt matrix-synapse==$OLDEST_SYNAPSE"
+    "$OLDEST_VENV/bin/python" -m pip install -q -c "$constraints" -e "$REPO" \
+        "matrix-synapse==$OLDEST_SYNAPSE" pytest hypothesis trustme || return 1
+    printf '%s\n' "$want" >"$stamp"
+}

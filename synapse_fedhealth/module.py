@@ -66,7 +66,7 @@ class FedHealthModule:
     """
 
     def __init__(self, config: FedHealthConfig, api: ModuleApi) -> None:
-        # Synapse before 1.13x loads modules in the sentinel logcontext; the
+        # Synapse before 1.139 loads modules in the sentinel logcontext; the
         # start-up's log lines (config problems) get a context of their own.
         with _startup_logcontext(api.server_name):
             self._start(config, api)
@@ -232,7 +232,7 @@ class _RunLogLabel(logging.Filter):
 
     While the run goes on, the line is handled again inside the run's
     context: Synapse's LoggingContextFilter names the context current when it
-    runs, and before Synapse 1.14x it overwrites any `request` already on the
+    runs, and before Synapse 1.142 it overwrites any `request` already on the
     record. Once the run has finished (a probe that outlived it), switching
     back into its context would be an error, so the line is only labelled:
     newer Synapses keep that label."""

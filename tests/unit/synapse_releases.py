@@ -16,7 +16,7 @@ from synapse.metrics import background_process_metrics
 
 
 def json_encoder() -> Any:
-    """Synapse's canonical JSON encoder (`synapse.util.json` since 1.13x,
+    """Synapse's canonical JSON encoder (`synapse.util.json` since 1.137-1.140,
     `synapse.util` before)."""
     try:
         return importlib.import_module("synapse.util.json").json_encoder
@@ -35,7 +35,7 @@ def request_logcontext(name: str, server_name: str) -> Any:
 
 
 def keyring_process_json() -> Callable[..., Awaitable[None]]:
-    """`Keyring.process_json` (private `_process_json` before 1.14x)."""
+    """`Keyring.process_json` (private `_process_json` before 1.137-1.140)."""
     found: Callable[..., Awaitable[None]] | None = getattr(
         Keyring, "process_json", None
     ) or getattr(Keyring, "_process_json", None)
