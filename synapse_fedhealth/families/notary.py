@@ -22,8 +22,10 @@ from synapse_fedhealth.checks.notary import (
     NOTARY_QUERY_PATH,
     build_notary_query,
     judge_notary_answer,
+    judge_notary_blocked,
     judge_notary_error,
     notary_minimum_valid_until_ts,
+    notary_reach,
     plan_notary_checks,
 )
 from synapse_fedhealth.engine.deadline import NOTARY_DISCOVERY_SHARE, Deadline
@@ -117,18 +119,22 @@ class NotaryFamily:
         found = await self._resolver.resolve(
             notary.server_name, deadline.share(NOTARY_DISCOVERY_SHARE)
         )
+        unasked = {
+            "url": f"https://{notary.server_name}{NOTARY_QUERY_PATH}",
+            "host_header": notary.server_name,
+            "sni": notary.server_name,
+        }
         if not found.targets:
             return judge_notary_error(
                 "unreachable",
                 "the notary's name did not resolve to any address from here",
                 notary=notary,
-                request={
-                    "url": f"https://{notary.server_name}{NOTARY_QUERY_PATH}",
-                    "host_header": notary.server_name,
-                    "sni": notary.server_name,
-                },
+                request=unasked,
             )
-        target = found.targets[0]
+        reach = notary_reach(found, self._snapshot.federation_ip_ranges)
+        if not reach.usable:
+            return judge_notary_blocked(reach.refused, notary=notary, request=unasked)
+        target = reach.usable[0]
         body = json.dumps(
             build_notary_query(self._snapshot.server_name, [key.key_id], minimum)
         )
