@@ -481,8 +481,9 @@ def judge_notary_blocked(
     details["refused"] = list(refused)
     return warn(
         NOTARY,
-        f"no outside view: this server's ip_range_blacklist refuses {listed}; "
-        f"Synapse cannot ask the notary {name} either; not asked",
+        f"no outside view from the notary {name}: this server's "
+        f"ip_range_blacklist refuses {listed}; Synapse cannot ask this notary "
+        "either; not asked",
         fix=(
             f"List a notary this server may reach in `trusted_key_servers`, or, "
             f"if {name} is part of a private federation, add its addresses to "
