@@ -33,6 +33,7 @@ from synapse_fedhealth.deployment import (
     SharedReports,
 )
 from synapse_fedhealth.echo import EchoResource, NonceBook, secret_from_signing_key
+from synapse_fedhealth.engine.spawn import use_stepper
 from synapse_fedhealth.families import DefaultFamilies, FamilyFactory
 from synapse_fedhealth.families.outbound import OutboundEnvironment, probe_servers_for
 from synapse_fedhealth.monitor import log_config_problems
@@ -247,9 +248,11 @@ def _start_named_run(
     _label_module_log_lines()
 
     async def body() -> None:
-        _RUN_LOGCONTEXT.set(current_context())
+        context = current_context()
+        _RUN_LOGCONTEXT.set(context)
+        use_stepper(lambda child: _ChildInLogContext(child, context))
         try:
-            report = await _InLogContext(run(), current_context())
+            report = await _InLogContext(run(), context)
         except BaseException:
             done.errback(Failure())
         else:
@@ -290,6 +293,46 @@ class _InLogContext:
             except StopIteration as finished:
                 return cast(Report, finished.value)
             set_current_context(SENTINEL_CONTEXT)
+            try:
+                sent, thrown = (yield waiting_on), None
+            except GeneratorExit:
+                coroutine.close()
+                raise
+            except BaseException as e:
+                sent, thrown = None, e
+
+
+class _ChildInLogContext:
+    """Awaits a coroutine the run spawned (`engine.spawn`) with the run's
+    `context` current during each of its steps, and whatever was current
+    before around them: the sentinel when the reactor resumes it, the run's
+    context when its parent starts it or a sibling's end wakes it.
+
+    A child still stepping after the run's context finished (an answer
+    shared with a later run, `third_party`) is stepped as it is: Synapse
+    refuses to restart a finished context."""
+
+    def __init__(self, coroutine: Coroutine[Any, Any, Any], context: Any) -> None:
+        self._coroutine = coroutine
+        self._context = context
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coroutine = self._coroutine
+        sent: Any = None
+        thrown: BaseException | None = None
+        while True:
+            live = not getattr(self._context, "finished", False)
+            previous = set_current_context(self._context) if live else None
+            try:
+                if thrown is not None:
+                    waiting_on = coroutine.throw(thrown)
+                else:
+                    waiting_on = coroutine.send(sent)
+            except StopIteration as finished:
+                return finished.value
+            finally:
+                if previous is not None:
+                    set_current_context(previous)
             try:
                 sent, thrown = (yield waiting_on), None
             except GeneratorExit:

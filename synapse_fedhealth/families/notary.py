@@ -31,6 +31,7 @@ from synapse_fedhealth.checks.notary import (
 from synapse_fedhealth.engine.deadline import NOTARY_DISCOVERY_SHARE, Deadline
 from synapse_fedhealth.engine.network_checker import NetworkFindings
 from synapse_fedhealth.engine.resolution import ServerNameResolver, bounded_get
+from synapse_fedhealth.engine.spawn import spawn
 from synapse_fedhealth.families.outside import MAX_BODY, error_kind
 from synapse_fedhealth.homeserver import HomeserverSnapshot, TrustedKeyServerInfo
 from synapse_fedhealth.report import CheckResult
@@ -68,7 +69,7 @@ class NotaryFamily:
         results: list[CheckResult] = list(plan.skipped)
         if plan.notaries:
             results += await defer.gatherResults(
-                [defer.ensureDeferred(self._ask(n, deadline)) for n in plan.notaries],
+                [spawn(self._ask(n, deadline)) for n in plan.notaries],
                 consumeErrors=True,
             )
         return FamilyOutcome(checks=tuple(results))

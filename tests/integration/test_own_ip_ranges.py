@@ -68,7 +68,10 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
                     "resources": [{"names": ["federation"], "compress": False}],
                 },
             ],
-            module_config(dns, tls_ca_file=str(directory / "ca.pem")),
+            module_config(
+                dns,  # type: ignore[arg-type]  # only .address is used
+                tls_ca_file=str(directory / "ca.pem"),
+            ),
             tls_certificate_path=str(directory / "tls.crt"),
             tls_private_key_path=str(directory / "tls.key"),
             ip_range_whitelist=["127.0.0.1/32"],
