@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import attr
 
+from synapse_fedhealth.net.addresses import FederationIpRanges
+
 if TYPE_CHECKING:
     from typing import LiteralString
 
@@ -106,6 +108,9 @@ class HomeserverSnapshot:
     signing_key_error: str | None = None
     key_refresh_interval_ms: int = DEFAULT_KEY_REFRESH_INTERVAL_MS
     trusted_key_servers: tuple[TrustedKeyServerInfo, ...] = ()
+    # None where Synapse's ranges could not be read (they are then unknown,
+    # not empty: nothing is judged by them).
+    federation_ip_ranges: FederationIpRanges | None = None
     config_files: tuple[str, ...] = ()
 
     @property
@@ -245,7 +250,67 @@ def snapshot_from_synapse(config: HomeServerConfig) -> HomeserverSnapshot:
         signing_keys=_signing_key_info(config.key.signing_key),
         key_refresh_interval_ms=config.key.key_refresh_interval,
         trusted_key_servers=_trusted_key_servers(config.key.key_servers),
+        federation_ip_ranges=_federation_ip_ranges(config.server),
         config_files=tuple(config.config_files),
+    )
+
+
+def _cidrs(ip_set: Any) -> tuple[str, ...]:
+    return tuple(str(cidr) for cidr in ip_set.iter_cidrs())
+
+
+def _federation_ip_ranges(server: Any) -> FederationIpRanges | None:
+    """The IP ranges Synapse's federation client applies
+    (matrixfederationclient: `federation_ip_range_blocklist`, `_allowlist`).
+    Older releases spelled the attributes `..._blacklist` and
+    `..._whitelist`, so both are read; the config keys are still `ip_range_blacklist` and
+    `ip_range_whitelist` (and the legacy `federation_ip_range_blacklist`)."""
+    blocklist = getattr(server, "federation_ip_range_blocklist", None)
+    if blocklist is None:
+        blocklist = getattr(server, "federation_ip_range_blacklist", None)
+    if blocklist is None:
+        return None
+    if hasattr(server, "federation_ip_range_blocklist"):
+        allowlist = getattr(server, "federation_ip_range_allowlist", None)
+    else:
+        allowlist = getattr(server, "federation_ip_range_whitelist", None)
+    try:
+        return FederationIpRanges(
+            blocklist=_cidrs(blocklist),
+            allowlist=_cidrs(allowlist) if allowlist is not None else (),
+        )
+    except (AttributeError, TypeError):  # not netaddr IPSets any more
+        return None
+
+
+def _federation_ip_ranges_from_raw(raw: Mapping[str, Any]) -> FederationIpRanges | None:
+    """As Synapse's ServerConfig reads them: `ip_range_blacklist` (default
+    DEFAULT_IP_RANGE_BLOCKLIST) plus 0.0.0.0 and ::, `ip_range_whitelist`;
+    a `federation_ip_range_blacklist` replaces both for federation (with no
+    whitelist). None when a range is invalid (Synapse refuses to start)."""
+    from synapse.config import server as server_config
+    from synapse.config._base import ConfigError
+
+    default = getattr(server_config, "DEFAULT_IP_RANGE_BLOCKLIST", None)
+    if default is None:
+        default = getattr(server_config, "DEFAULT_IP_RANGE_BLACKLIST", [])
+    always = ["0.0.0.0", "::"]
+    try:
+        if "federation_ip_range_blacklist" in raw:
+            blocklist = server_config.generate_ip_set(
+                raw["federation_ip_range_blacklist"], always
+            )
+            allowlist = None
+        else:
+            blocklist = server_config.generate_ip_set(
+                raw.get("ip_range_blacklist", default), always
+            )
+            allowlist = server_config.generate_ip_set(raw.get("ip_range_whitelist", ()))
+    except (ConfigError, TypeError, ValueError):
+        return None
+    return FederationIpRanges(
+        blocklist=_cidrs(blocklist),
+        allowlist=_cidrs(allowlist) if allowlist is not None else (),
     )
 
 
@@ -347,6 +412,7 @@ def snapshot_from_raw(
         signing_key_error=signing_key_error,
         key_refresh_interval_ms=refresh_ms,
         trusted_key_servers=tuple(trusted),
+        federation_ip_ranges=_federation_ip_ranges_from_raw(raw),
         config_files=tuple(os.path.abspath(p) for p in config_files),
     )
 

@@ -35,6 +35,7 @@ from synapse_fedhealth.deployment import (
     SharedReports,
 )
 from synapse_fedhealth.echo import EchoResource, NonceBook, secret_from_signing_key
+from synapse_fedhealth.engine.spawn import use_stepper
 from synapse_fedhealth.families import DefaultFamilies, FamilyFactory
 from synapse_fedhealth.families.outbound import OutboundEnvironment, probe_servers_for
 from synapse_fedhealth.monitor import log_config_problems
@@ -278,9 +279,11 @@ def _start_named_run(
     _label_module_log_lines()
 
     async def body() -> None:
-        _RUN_LOGCONTEXT.set(current_context())
+        context = current_context()
+        _RUN_LOGCONTEXT.set(context)
+        use_stepper(lambda child: _ChildInLogContext(child, context))
         try:
-            report = await _InLogContext(run(), current_context())
+            report = await _InLogContext(run(), context)
         except BaseException:
             done.errback(Failure())
         else:
@@ -326,6 +329,7 @@ class _InLogContext:
                 sent, thrown = None, e
 
 
+<<<<<<< HEAD
 def _startup_logcontext(server_name: str) -> AbstractContextManager[Any]:
     """A named logcontext for the module's start-up where Synapse starts it
     in the sentinel context; where Synapse gave it one, that one."""
@@ -333,6 +337,55 @@ def _startup_logcontext(server_name: str) -> AbstractContextManager[Any]:
         return nullcontext()
     # What LoggingContext takes has changed between releases.
     make: Any = getattr(synapse_logcontext, "LoggingContext")  # noqa: B009
+=======
+class _ChildInLogContext:
+    """Awaits a coroutine the run spawned (`engine.spawn`) with the run's
+    `context` current during each of its steps, and whatever was current
+    before around them: the sentinel when the reactor resumes it, the run's
+    context when its parent starts it or a sibling's end wakes it.
+
+    A child still stepping after the run's context finished (an answer
+    shared with a later run, `third_party`) is stepped as it is: Synapse
+    refuses to restart a finished context."""
+
+    def __init__(self, coroutine: Coroutine[Any, Any, Any], context: Any) -> None:
+        self._coroutine = coroutine
+        self._context = context
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coroutine = self._coroutine
+        sent: Any = None
+        thrown: BaseException | None = None
+        while True:
+            live = not getattr(self._context, "finished", False)
+            previous = set_current_context(self._context) if live else None
+            try:
+                if thrown is not None:
+                    waiting_on = coroutine.throw(thrown)
+                else:
+                    waiting_on = coroutine.send(sent)
+            except StopIteration as finished:
+                return finished.value
+            finally:
+                if previous is not None:
+                    set_current_context(previous)
+            try:
+                sent, thrown = (yield waiting_on), None
+            except GeneratorExit:
+                coroutine.close()
+                raise
+            except BaseException as e:
+                sent, thrown = None, e
+
+
+def _run_in_named_context(
+    server_name: str, body: Callable[[], Coroutine[Any, Any, None]]
+) -> None:
+    """For Synapses whose module API has no `run_as_background_process`."""
+    # Where the class lives and what it takes has changed between releases.
+    logging_context: Any = getattr(synapse_logcontext, "LoggingContext")  # noqa: B009
+    context: Any
+>>>>>>> harden
     try:
         return cast(
             AbstractContextManager[Any],

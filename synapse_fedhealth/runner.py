@@ -16,6 +16,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from synapse_fedhealth.engine.deadline import REPORT_MARGIN_S, Clock, Deadline
+from synapse_fedhealth.engine.spawn import spawn
 from synapse_fedhealth.report import CheckResult, Report, RunFacts, fail, skip
 
 if TYPE_CHECKING:
@@ -83,7 +84,7 @@ async def _run_family_bounded(
     """Run a family until `cut_at` (the end of the run's budget); a timeout or
     an exception becomes `fail` results for the family's ids, never an
     exception."""
-    d: defer.Deferred[FamilyOutcome] = defer.ensureDeferred(_call(family, deadline))
+    d: defer.Deferred[FamilyOutcome] = spawn(_call(family, deadline))
     d.addTimeout(cut_at.remaining_s(), cut_at.clock)  # type: ignore[arg-type]
     try:
         return await d
@@ -222,7 +223,7 @@ class CheckRunner:
         return list(
             await defer.gatherResults(
                 [
-                    defer.ensureDeferred(
+                    spawn(
                         _run_family_bounded(family, deadline, budget, self._timeout_s)
                     )
                     for family in families

@@ -124,6 +124,7 @@ class FedHealthService:
             dns_servers=self._config.dns_servers,
             user_agent=self._user_agent,
             notary_check=self._config.notary_check,
+            ip_ranges=self._snapshot.federation_ip_ranges,
         )
 
     # -- one run -----------------------------------------------------------------

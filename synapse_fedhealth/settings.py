@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import attr
 
+from synapse_fedhealth.net.addresses import FederationIpRanges
+
 DEFAULT_CERT_EXPIRY_WARNING_DAYS = 14
 
 
@@ -22,6 +24,10 @@ class RunSettings:
     dns_servers: tuple[str, ...] = ()  # empty: the nameservers of /etc/resolv.conf
     user_agent: str = "Synapse/unknown"
     notary_check: bool = True
+    # This homeserver's ip_range_blacklist / ip_range_whitelist; None where
+    # there is no homeserver (the `check` command): Synapse's defaults then
+    # stand in, through `net.addresses.classify_address`.
+    ip_ranges: FederationIpRanges | None = None
 
 
 def trust_files(

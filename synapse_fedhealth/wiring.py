@@ -87,7 +87,11 @@ class ProcessIO:
         return RunIO(
             resolver=resolver,
             http=ProbeHttpClient(
-                self.reactor, resolver, trust, user_agent=settings.user_agent
+                self.reactor,
+                resolver,
+                trust,
+                user_agent=settings.user_agent,
+                ip_ranges=settings.ip_ranges,
             ),
             tls=TwistedTlsProber(self.reactor),
             trust=trust,

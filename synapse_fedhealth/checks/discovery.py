@@ -7,7 +7,7 @@ server-server spec v1.19 "Resolving server names" and Synapse's own client.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from synapse_fedhealth.net.addresses import (
@@ -332,8 +332,12 @@ def check_addresses(
     *,
     literal_targets: Sequence[str] = (),
     parent_zones: Sequence[DnsResult] = (),
+    whitelisted: Collection[str] = (),
 ) -> CheckResult:
     """`discovery.addresses` over every host the targets come from.
+
+    `whitelisted`: the private addresses this homeserver's own
+    ip_range_whitelist allows: a private federation declared in the config.
 
     `parent_zones`: SOA lookups of the zones above a host without address
     (asked only then); they tell "add the records" from "this host can't
@@ -349,10 +353,14 @@ def check_addresses(
     classes = {a: classify_address(a) for a in all_addresses}
     forbidden = [a for a, c in classes.items() if c is AddressClass.FORBIDDEN]
     private = [a for a, c in classes.items() if c is AddressClass.PRIVATE]
+    allowed = [a for a in private if a in whitelisted]
+    private = [a for a in private if a not in whitelisted]
     if forbidden:
         details["forbidden"] = forbidden
     if private:
         details["private"] = private
+    if allowed:
+        details["whitelisted"] = allowed
 
     failed_lookups = [
         (h.host, r)
@@ -412,6 +420,11 @@ def check_addresses(
     summary = "; ".join(
         f"{h.host}: {', '.join(h.addresses)}" for h in hosts
     ) or ", ".join(literal_targets)
+    if allowed:
+        summary += (
+            f"; {', '.join(allowed)}: a private federation declared by this "
+            "server's ip_range_whitelist; peers need the same entry"
+        )
     return ok(ADDRESSES, summary, details=details)
 
 

@@ -16,6 +16,8 @@ from synapse_fedhealth.checks import connection, discovery, federation
 from synapse_fedhealth.checks.federation import ServedKeys
 from synapse_fedhealth.checks.proxy_detect import detect_proxy, with_proxy
 from synapse_fedhealth.engine.probes import TargetProbe
+from synapse_fedhealth.matrix_names import parse_server_name
+from synapse_fedhealth.net.addresses import FederationIpRanges
 from synapse_fedhealth.net.results import (
     ConnectOutcome,
     HttpResult,
@@ -53,6 +55,8 @@ class JudgeSettings:
     # Why the configured CA files could not be used (the system store was).
     trust_error: str = ""
     cert_expiry_warning_days: int
+    # This homeserver's own ip_range_blacklist / whitelist (None: unknown).
+    ip_ranges: FederationIpRanges | None = None
 
 
 def judge_network(
@@ -103,7 +107,9 @@ def judge_network(
         )
 
     checks = judge_discovery(
-        resolution, fallback_works=bool(versions) and resolution.delegated is None
+        resolution,
+        fallback_works=bool(versions) and resolution.delegated is None,
+        ip_ranges=settings.ip_ranges,
     )
     checks.extend(per_target)
     well_known_http = resolution.well_known.http if resolution.well_known else None
@@ -213,10 +219,14 @@ def _seen_proxy(check: CheckResult, answer: HttpResult) -> CheckResult:
 
 
 def judge_discovery(
-    resolution: Resolution, *, fallback_works: bool
+    resolution: Resolution,
+    *,
+    fallback_works: bool,
+    ip_ranges: FederationIpRanges | None = None,
 ) -> list[CheckResult]:
     """discovery.well_known, well_known_consistency, srv, addresses, targets.
-    `fallback_works`: a target found without delegation answered federation."""
+    `fallback_works`: a target found without delegation answered federation.
+    `ip_ranges`: this homeserver's own, for the private addresses it allows."""
     name = resolution.server_name
     out: list[CheckResult] = []
     not_consulted = resolution.srv_not_used_because
@@ -255,7 +265,7 @@ def judge_discovery(
                 )
             )
     out.append(_judge_srv(resolution))
-    out.append(_judge_addresses(resolution))
+    out.append(_judge_addresses(resolution, ip_ranges))
     out.append(
         discovery.check_targets(
             resolution.targets, truncated=resolution.targets_truncated
@@ -287,7 +297,9 @@ def _judge_srv(resolution: Resolution) -> CheckResult:
     return timed_out(discovery.SRV, "the SRV lookup", name)
 
 
-def _judge_addresses(resolution: Resolution) -> CheckResult:
+def _judge_addresses(
+    resolution: Resolution, ip_ranges: FederationIpRanges | None
+) -> CheckResult:
     srv = resolution.srv
     if srv is not None and srv.kind in (SrvKind.FAILED, SrvKind.UNAVAILABLE):
         return fail(
@@ -306,11 +318,32 @@ def _judge_addresses(resolution: Resolution) -> CheckResult:
             "resolving the federation host's addresses",
             resolution.server_name,
         )
+    whitelisted: frozenset[str] = frozenset()
+    # A server name that is itself an IP literal is checked by peers'
+    # BlocklistingAgentWrapper against the blacklist alone: no whitelist
+    # entry lets it through.
+    if ip_ranges is not None and not _names_an_ip(resolution.server_name):
+        whitelisted = frozenset(
+            a
+            for a in (
+                *(a for h in resolution.hosts for a in h.addresses),
+                *resolution.literal_targets,
+            )
+            if ip_ranges.allowed(a)
+        )
     return discovery.check_addresses(
         resolution.hosts,
         literal_targets=resolution.literal_targets,
         parent_zones=resolution.parent_zones,
+        whitelisted=whitelisted,
     )
+
+
+def _names_an_ip(server_name: str) -> bool:
+    try:
+        return parse_server_name(server_name, strict=False).ip is not None
+    except ValueError:
+        return False
 
 
 def _tls_or_timeout(target: Target, probe: TargetProbe | None) -> TlsProbeResult:

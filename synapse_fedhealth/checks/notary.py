@@ -41,7 +41,10 @@ from synapse_fedhealth.homeserver import (
     SigningKeyInfo,
     TrustedKeyServerInfo,
 )
+from synapse_fedhealth.matrix_names import parse_server_name
+from synapse_fedhealth.net.addresses import FederationIpRanges
 from synapse_fedhealth.report import CheckResult, fail, ok, skip, warn
+from synapse_fedhealth.server_discovery import Resolution, Target
 from synapse_fedhealth.signing import (
     decode_base64,
     served_key_map,
@@ -422,6 +425,70 @@ def judge_notary_error(
         f"no outside view: the notary {name} can't be reached from here "
         f"({reason}" + (f": {message[:ERROR_MESSAGE_CHARS]}" if message else "") + ")",
         fix=FIX_NOTARY_UNREACHABLE.format(notary=name),
+        details=details,
+        target=name,
+    )
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True, kw_only=True)
+class NotaryReach:
+    """Which of a notary's targets this homeserver's own federation client
+    could connect to, by its ip_range_blacklist / ip_range_whitelist."""
+
+    usable: tuple[Target, ...]
+    refused: tuple[str, ...]  # the addresses the ranges refuse
+
+
+def notary_reach(
+    resolution: Resolution, ip_ranges: FederationIpRanges | None
+) -> NotaryReach:
+    """As Synapse's `_IPBlockingResolver` (synapse/http/client.py) decides:
+    a host with one refused address yields no address at all, so all of its
+    targets are unusable; an IP literal that is the notary's name itself is
+    checked against the blacklist alone (`BlocklistingAgentWrapper`)."""
+    if ip_ranges is None:
+        return NotaryReach(usable=resolution.targets, refused=())
+    try:
+        name_is_ip = parse_server_name(resolution.server_name, strict=False).ip
+    except ValueError:
+        name_is_ip = None
+    refused: dict[str, None] = {}
+    refused_hosts: set[str] = set()
+    for host in resolution.hosts:
+        bad = [a for a in host.addresses if ip_ranges.refuses(a)]
+        if bad:
+            refused_hosts.add(host.host)
+            refused.update(dict.fromkeys(bad))
+    for literal in resolution.literal_targets:
+        if ip_ranges.refuses(literal, ip_literal=name_is_ip is not None):
+            refused_hosts.add(literal)
+            refused[literal] = None
+    usable = tuple(t for t in resolution.targets if t.hostname not in refused_hosts)
+    return NotaryReach(usable=usable, refused=tuple(refused))
+
+
+def judge_notary_blocked(
+    refused: Sequence[str],
+    *,
+    notary: TrustedKeyServerInfo,
+    request: Mapping[str, Any],
+) -> CheckResult:
+    """Every address of the notary is refused by this homeserver's own
+    ip_range_blacklist: Synapse can't ask it either, so neither do we."""
+    name = notary.server_name
+    listed = ", ".join(refused[:8]) + (", ..." if len(refused) > 8 else "")
+    details = request_details(request, notary=name, reason="blocked_by_ip_range")
+    details["refused"] = list(refused)
+    return warn(
+        NOTARY,
+        f"no outside view from the notary {name}: this server's "
+        f"ip_range_blacklist refuses {listed}; Synapse cannot ask this notary "
+        "either; not asked",
+        fix=(
+            f"List a notary this server may reach in `trusted_key_servers`, or, "
+            f"if {name} is part of a private federation, add its addresses to "
+            "`ip_range_whitelist` (or set `notary_check: false`)."
+        ),
         details=details,
         target=name,
     )

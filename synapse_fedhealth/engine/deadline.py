@@ -16,6 +16,8 @@ from typing import Any, Protocol, TypeVar
 import attr
 from twisted.internet import defer, error
 
+from synapse_fedhealth.engine.spawn import spawn
+
 logger = logging.getLogger("synapse_fedhealth")
 
 T = TypeVar("T")
@@ -92,7 +94,7 @@ class Deadline:
         back as `on_failure(...)`, never as an exception: one hanging or broken
         probe must not take the run down with it."""
         try:
-            d: defer.Deferred[T] = defer.ensureDeferred(_awaited(make))
+            d: defer.Deferred[T] = spawn(_awaited(make))
         except Exception as e:  # make() itself raised before awaiting
             return on_failure(_unexpected(what, e))
         d.addTimeout(self.remaining_s(), self.clock)  # type: ignore[arg-type]

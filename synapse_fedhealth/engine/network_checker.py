@@ -71,6 +71,7 @@ class NetworkChecker:
                     trust=self._io.trust,
                     trust_error=self._io.trust_error,
                     cert_expiry_warning_days=self._settings.cert_expiry_warning_days,
+                    ip_ranges=self._settings.ip_ranges,
                 ),
                 now=now,
             )

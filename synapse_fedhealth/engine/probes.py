@@ -18,6 +18,7 @@ from twisted.internet import defer
 from synapse_fedhealth.checks.federation import KEYS_PATH, VERSION_PATH, endpoint_url
 from synapse_fedhealth.engine.deadline import BoundFailure, Deadline
 from synapse_fedhealth.engine.resolution import bounded_get
+from synapse_fedhealth.engine.spawn import spawn
 from synapse_fedhealth.net.aia import IssuerFetcher
 from synapse_fedhealth.net.http import HttpFetcher
 from synapse_fedhealth.net.results import ConnectOutcome, HttpResult, TlsProbeResult
@@ -70,10 +71,7 @@ class TargetProber:
         probes = {t.address: TargetProbe() for t in targets}
         await deadline.bound(
             lambda: defer.gatherResults(
-                [
-                    defer.ensureDeferred(self._probe(t, probes[t.address], deadline))
-                    for t in targets
-                ],
+                [spawn(self._probe(t, probes[t.address], deadline)) for t in targets],
                 consumeErrors=True,
             ),
             lambda failure: [],
@@ -113,7 +111,7 @@ class TargetProber:
             into.keys = await endpoint(KEYS_PATH)
 
         await defer.gatherResults(
-            [defer.ensureDeferred(c) for c in (tls(), version(), keys())],
+            [spawn(c) for c in (tls(), version(), keys())],
             consumeErrors=True,
         )
 
@@ -134,7 +132,7 @@ class TargetProber:
             )
 
         fetched: list[IssuerFetch] = await defer.gatherResults(
-            [defer.ensureDeferred(fetch(url)) for url in urls], consumeErrors=True
+            [spawn(fetch(url)) for url in urls], consumeErrors=True
         )
         into.issuers = tuple(fetched)
 

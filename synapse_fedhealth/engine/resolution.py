@@ -18,6 +18,7 @@ import attr
 from twisted.internet import defer
 
 from synapse_fedhealth.engine.deadline import WELL_KNOWN_SHARE, BoundFailure, Deadline
+from synapse_fedhealth.engine.spawn import spawn
 from synapse_fedhealth.matrix_names import bare_host, parse_and_validate_server_name
 from synapse_fedhealth.net.addresses import (
     AddressClass,
@@ -459,7 +460,5 @@ def _no_well_known_address(url: str, name: str, addresses: HostAddresses) -> Htt
 async def _gather(*awaitables: Any) -> list[Any]:
     """Run coroutines concurrently; each is bounded and never raises."""
     return list(
-        await defer.gatherResults(
-            [defer.ensureDeferred(a) for a in awaitables], consumeErrors=True
-        )
+        await defer.gatherResults([spawn(a) for a in awaitables], consumeErrors=True)
     )

@@ -22,13 +22,16 @@ from synapse_fedhealth.checks.notary import (
     NOTARY_QUERY_PATH,
     build_notary_query,
     judge_notary_answer,
+    judge_notary_blocked,
     judge_notary_error,
     notary_minimum_valid_until_ts,
+    notary_reach,
     plan_notary_checks,
 )
 from synapse_fedhealth.engine.deadline import NOTARY_DISCOVERY_SHARE, Deadline
 from synapse_fedhealth.engine.network_checker import NetworkFindings
 from synapse_fedhealth.engine.resolution import ServerNameResolver, bounded_get
+from synapse_fedhealth.engine.spawn import spawn
 from synapse_fedhealth.families.outside import MAX_BODY, error_kind
 from synapse_fedhealth.homeserver import HomeserverSnapshot, TrustedKeyServerInfo
 from synapse_fedhealth.report import CheckResult
@@ -66,7 +69,7 @@ class NotaryFamily:
         results: list[CheckResult] = list(plan.skipped)
         if plan.notaries:
             results += await defer.gatherResults(
-                [defer.ensureDeferred(self._ask(n, deadline)) for n in plan.notaries],
+                [spawn(self._ask(n, deadline)) for n in plan.notaries],
                 consumeErrors=True,
             )
         return FamilyOutcome(checks=tuple(results))
@@ -117,18 +120,22 @@ class NotaryFamily:
         found = await self._resolver.resolve(
             notary.server_name, deadline.share(NOTARY_DISCOVERY_SHARE)
         )
+        unasked = {
+            "url": f"https://{notary.server_name}{NOTARY_QUERY_PATH}",
+            "host_header": notary.server_name,
+            "sni": notary.server_name,
+        }
         if not found.targets:
             return judge_notary_error(
                 "unreachable",
                 "the notary's name did not resolve to any address from here",
                 notary=notary,
-                request={
-                    "url": f"https://{notary.server_name}{NOTARY_QUERY_PATH}",
-                    "host_header": notary.server_name,
-                    "sni": notary.server_name,
-                },
+                request=unasked,
             )
-        target = found.targets[0]
+        reach = notary_reach(found, self._snapshot.federation_ip_ranges)
+        if not reach.usable:
+            return judge_notary_blocked(reach.refused, notary=notary, request=unasked)
+        target = reach.usable[0]
         body = json.dumps(
             build_notary_query(self._snapshot.server_name, [key.key_id], minimum)
         )

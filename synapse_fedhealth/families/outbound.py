@@ -41,6 +41,7 @@ from synapse_fedhealth.engine.outbound import (
     TrafficSource,
 )
 from synapse_fedhealth.engine.resolution import bounded_get
+from synapse_fedhealth.engine.spawn import spawn
 from synapse_fedhealth.families.outside import MAX_BODY, error_kind
 from synapse_fedhealth.report import CheckResult, Status, fail, skip
 from synapse_fedhealth.runner import FamilyOutcome
@@ -93,8 +94,8 @@ class OutboundFamily:
             )
         results: list[CheckResult] = await defer.gatherResults(
             [
-                defer.ensureDeferred(self._reach(env, deadline)),
-                defer.ensureDeferred(self._destinations(env, deadline)),
+                spawn(self._reach(env, deadline)),
+                spawn(self._destinations(env, deadline)),
             ],
             consumeErrors=True,
         )
@@ -119,7 +120,7 @@ class OutboundFamily:
             return answer.value, answer.age_ms
 
         probes: list[tuple[OutboundProbe, int]] = await defer.gatherResults(
-            [defer.ensureDeferred(one(n)) for n in env.probe_servers],
+            [spawn(one(n)) for n in env.probe_servers],
             consumeErrors=True,
         )
         return judge_outbound_reach(probes, source=env.source)

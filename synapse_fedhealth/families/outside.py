@@ -31,6 +31,7 @@ from synapse_fedhealth.checks.forwarded import (
 from synapse_fedhealth.checks.proxy_detect import detect_proxy, first_guess
 from synapse_fedhealth.engine.deadline import Deadline
 from synapse_fedhealth.engine.resolution import bounded_get
+from synapse_fedhealth.engine.spawn import spawn
 from synapse_fedhealth.homeserver import ListenerInfo
 from synapse_fedhealth.matrix_names import bare_host
 from synapse_fedhealth.net.results import HttpResult
@@ -270,10 +271,7 @@ class ForwardedHeadersFamily:
                 )
             ]
         results: list[CheckResult] = await defer.gatherResults(
-            [
-                defer.ensureDeferred(self._echo_through(p, deadline))
-                for p in self._paths
-            ],
+            [spawn(self._echo_through(p, deadline)) for p in self._paths],
             consumeErrors=True,
         )
         tried = [

@@ -25,6 +25,7 @@ from synapse_fedhealth.checks.signed_request import (
 from synapse_fedhealth.engine.deadline import Deadline
 from synapse_fedhealth.engine.network_checker import NetworkFindings
 from synapse_fedhealth.engine.resolution import bounded_get
+from synapse_fedhealth.engine.spawn import spawn
 from synapse_fedhealth.families.outside import MAX_BODY, error_kind
 from synapse_fedhealth.homeserver import HomeserverSnapshot
 from synapse_fedhealth.report import CheckResult, Status, skip
@@ -110,10 +111,7 @@ class TargetInsiderFamily:
         signed = build_signed_request(key, self._snapshot.server_name)
         return list(
             await defer.gatherResults(
-                [
-                    defer.ensureDeferred(self._send(signed, t, key.key_id, deadline))
-                    for t in targets
-                ],
+                [spawn(self._send(signed, t, key.key_id, deadline)) for t in targets],
                 consumeErrors=True,
             )
         )

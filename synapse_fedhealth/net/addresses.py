@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
+
+import attr
 
 from synapse_fedhealth.matrix_names import format_address as format_address
 from synapse_fedhealth.matrix_names import is_ip_literal as is_ip_literal
@@ -74,3 +77,44 @@ def classify_address(address: str) -> AddressClass:
     if any(ip in net for net in _PRIVATE_NETWORKS):
         return AddressClass.PRIVATE
     return AddressClass.PUBLIC
+
+
+@functools.lru_cache(maxsize=32)
+def _networks(
+    cidrs: tuple[str, ...],
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+
+def _in_ranges(address: str, cidrs: tuple[str, ...]) -> bool:
+    ip = parse_ip(address, zone_ok=True)
+    return ip is not None and any(ip in net for net in _networks(cidrs))
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True, kw_only=True)
+class FederationIpRanges:
+    """This homeserver's `ip_range_blacklist` / `ip_range_whitelist` as its
+    federation client applies them (Synapse's `federation_ip_range_blocklist`
+    and `_allowlist`). The ranges are Synapse's own sets, spelled as CIDRs:
+    `generate_ip_set` already added the IPv4-mapped, IPv4-compatible and
+    6to4 forms of each IPv4 range (and 0.0.0.0 and :: to the blocklist), so
+    an address is matched as written, not through `embedded_ipv4`.
+    """
+
+    blocklist: tuple[str, ...]
+    # Empty when the legacy `federation_ip_range_blacklist` is set: Synapse
+    # then applies no whitelist to federation.
+    allowlist: tuple[str, ...] = ()
+
+    def allowed(self, address: str) -> bool:
+        """`address` is inside the whitelist."""
+        return _in_ranges(address, self.allowlist)
+
+    def refuses(self, address: str, *, ip_literal: bool = False) -> bool:
+        """Whether this homeserver's federation client refuses to connect to
+        `address` (synapse.http.client `_is_ip_blocked`). `ip_literal`: the
+        address is the destination's name itself, which Synapse's outer
+        `BlocklistingAgentWrapper` checks against the blocklist alone."""
+        if not _in_ranges(address, self.blocklist):
+            return False
+        return ip_literal or not self.allowed(address)

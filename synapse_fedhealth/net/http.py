@@ -49,6 +49,7 @@ from zope.interface import implementer
 
 from synapse_fedhealth.net.addresses import (
     AddressClass,
+    FederationIpRanges,
     classify_address,
     format_address,
 )
@@ -341,12 +342,16 @@ class ProbeHttpClient:
         *,
         user_agent: str,
         agent_factory: AgentFactory | None = None,
+        ip_ranges: FederationIpRanges | None = None,
     ) -> None:
+        """`ip_ranges`: this homeserver's own; a redirect into a private
+        address its ip_range_whitelist allows is followed."""
         self._reactor = reactor
         self._resolver = resolver
         self._trust = trust
         self._user_agent = user_agent
         self._agent_factory = agent_factory
+        self._ip_ranges = ip_ranges
 
     def get(
         self,
@@ -433,7 +438,7 @@ class ProbeHttpClient:
                     parsed.hostname or "", parsed.port or 443, deadline
                 )
                 if not private_ok:
-                    addresses = _public_only(addresses, url)
+                    addresses = _public_only(addresses, url, self._ip_ranges)
             if not state.redirects:
                 private_ok = all(
                     classify_address(ip) is not AddressClass.PUBLIC
@@ -547,8 +552,15 @@ class ProbeHttpClient:
         return [(a, port) for a in safe[:MAX_ADDRESSES_TRIED]]
 
 
-def _public_only(addresses: list[tuple[str, int]], url: str) -> list[tuple[str, int]]:
-    public = [a for a in addresses if classify_address(a[0]) is AddressClass.PUBLIC]
+def _public_only(
+    addresses: list[tuple[str, int]], url: str, ip_ranges: FederationIpRanges | None
+) -> list[tuple[str, int]]:
+    public = [
+        a
+        for a in addresses
+        if classify_address(a[0]) is AddressClass.PUBLIC
+        or (ip_ranges is not None and ip_ranges.allowed(a[0]))
+    ]
     if not public:
         listed = ", ".join(format_address(ip, port) for ip, port in addresses)
         raise _Refused(

@@ -38,6 +38,7 @@ from synapse_fedhealth.matrix_names import bare_host, names_cover_host, parse_ip
 from synapse_fedhealth.net.results import ConnectOutcome as ConnectOutcome
 from synapse_fedhealth.net.results import HandshakeOutcome
 from synapse_fedhealth.net.results import TlsProbeResult as TlsProbeResult
+from synapse_fedhealth.remote_text import clean_line
 
 # `details.reason` values of tls.certificate (SPEC 4.3): keep these exact.
 REASON_EXPIRED = "expired"
@@ -97,7 +98,7 @@ class IssuerFetch:
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"url": self.url, "bytes": self.size}
         if self.certificates:
-            out["subjects"] = [c.subject.rfc4514_string() for c in self.certificates]
+            out["subjects"] = [name_text(c.subject) for c in self.certificates]
         if self.error:
             out["error"] = self.error
         return out
@@ -118,6 +119,8 @@ def ca_issuer_urls(cert: x509.Certificate) -> tuple[str, ...]:
         if d.access_method == AuthorityInformationAccessOID.CA_ISSUERS
         and isinstance(d.access_location, x509.UniformResourceIdentifier)
         and str(d.access_location.value).lower().startswith(("http://", "https://"))
+        # A URL with control characters is the peer's text, not a place to go.
+        and clean_line(str(d.access_location.value)) == str(d.access_location.value)
     ]
     return tuple(urls[:MAX_ISSUER_URLS])
 
@@ -322,12 +325,12 @@ def _judge_with_issuers(
     issuers: Sequence[IssuerFetch],
 ) -> ChainCheck:
     top = chain[-1]
-    issuer = top.issuer.rfc4514_string()
+    issuer = name_text(top.issuer)
     for fetch in issuers:
         for candidate in fetch.certificates:
             code, _, verified = _verify(chain, trust, [candidate])
             if not code:
-                subject = candidate.subject.rfc4514_string()
+                subject = name_text(candidate.subject)
                 return ChainCheck(
                     reason=REASON_MISSING_INTERMEDIATE,
                     message=f"the server does not send the intermediate certificate "
@@ -458,11 +461,11 @@ def verify_chain(
         problems=tuple(msg for _, msg in problems),
         not_before=leaf.not_valid_before_utc.timestamp(),
         not_after=leaf.not_valid_after_utc.timestamp(),
-        subject=leaf.subject.rfc4514_string(),
-        issuer=leaf.issuer.rfc4514_string(),
+        subject=name_text(leaf.subject),
+        issuer=name_text(leaf.issuer),
         san_names=sans,
         chain_length=len(chain),
-        missing_intermediate=checked.missing_intermediate.subject.rfc4514_string()
+        missing_intermediate=name_text(checked.missing_intermediate.subject)
         if checked.missing_intermediate is not None
         else None,
     )
@@ -504,7 +507,11 @@ def san_names(cert: x509.Certificate) -> tuple[tuple[str, ...], tuple[str, ...]]
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except (x509.ExtensionNotFound, ValueError):
         return (), ()
-    dns_names = tuple(str(n).lower() for n in san.get_values_for_type(x509.DNSName))
+    # The peer chooses these strings: escaped here, where they enter (an
+    # escaped name covers no host, as the raw one would not either).
+    dns_names = tuple(
+        clean_line(str(n).lower()) for n in san.get_values_for_type(x509.DNSName)
+    )
     ips = tuple(str(ip) for ip in san.get_values_for_type(x509.IPAddress))
     return dns_names, ips
 
@@ -518,7 +525,13 @@ def name_matches(name: str, cert: x509.Certificate) -> bool:
 
 def common_name(name: x509.Name) -> str:
     attrs = name.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(attrs[0].value) if attrs else ""
+    return clean_line(str(attrs[0].value)) if attrs else ""
+
+
+def name_text(name: x509.Name) -> str:
+    """A certificate's subject or issuer as RFC 4514 text, escaped: RFC 4514
+    escapes only its own specials (and NUL), not ANSI escapes or newlines."""
+    return clean_line(name.rfc4514_string())
 
 
 def cert_summary(cert: x509.Certificate) -> dict[str, Any]:

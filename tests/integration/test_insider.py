@@ -483,6 +483,11 @@ class NotaryWorld:
             trusted_key_servers=[
                 {"server_name": peer.server_name, "verify_keys": verify_keys}
             ],
+            # The notary is on loopback, which Synapse's default
+            # ip_range_blacklist refuses: a private federation with it
+            # whitelists its address (else neither Synapse nor the module
+            # may ask it). Only that one: our own addresses stay private.
+            ip_range_whitelist=[f"{self.ip_peer}/32"],
         )
         self.hs.start()
         self.front = Vhost(

@@ -13,7 +13,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from synapse_fedhealth.net.addresses import AddressClass, classify_address
+from synapse_fedhealth.homeserver import _federation_ip_ranges_from_raw
+from synapse_fedhealth.net.addresses import (
+    AddressClass,
+    FederationIpRanges,
+    classify_address,
+)
 from synapse_fedhealth.net.http import ProbeHttpClient
 from synapse_fedhealth.net.results import HttpResult, ProbeError
 from synapse_fedhealth.net.tls import TrustStore
@@ -46,7 +51,9 @@ class Site(Resource):
 
 
 class RedirectRuleTest(SynchronousTestCase):
-    def fetch(self, path: str, first_hop: str) -> HttpResult:
+    def fetch(
+        self, path: str, first_hop: str, ip_ranges: FederationIpRanges | None = None
+    ) -> HttpResult:
         agent = RequestTraversalAgent(Site())
         client = ProbeHttpClient(
             MemoryReactorClock(),
@@ -54,6 +61,7 @@ class RedirectRuleTest(SynchronousTestCase):
             TrustStore(),
             user_agent="Synapse/test",
             agent_factory=lambda endpoint: agent,
+            ip_ranges=ip_ranges,
         )
         d = client.get(
             f"https://example.com{path}",
@@ -81,6 +89,25 @@ class RedirectRuleTest(SynchronousTestCase):
         assert self.fetch("/to-public", first_hop="203.0.113.7").status == 200
         # A home or split-horizon setup: its well-known host is private too.
         assert self.fetch("/to-internal-name", first_hop="192.168.1.2").status == 200
+
+    def test_a_redirect_into_our_own_whitelist_is_followed(self) -> None:
+        own = _federation_ip_ranges_from_raw(
+            {"ip_range_whitelist": ["10.0.0.0/24", "192.168.1.1"]}
+        )
+        # 2002:c0a8:0101::1 is 6to4 of 192.168.1.1: Synapse's generate_ip_set
+        # adds the 6to4 form of every IPv4 range to the whitelist.
+        for path in ("/to-rfc1918", "/to-internal-name", "/to-6to4-private"):
+            result = self.fetch(path, first_hop="203.0.113.7", ip_ranges=own)
+            assert result.status == 200, (path, result)
+            assert len(result.redirects) == 1
+        # Only what the whitelist names: loopback (through NAT64) is refused.
+        result = self.fetch(
+            "/to-nat64-loopback", first_hop="203.0.113.7", ip_ranges=own
+        )
+        assert result.error is ProbeError.PRIVATE_REDIRECT
+        other = _federation_ip_ranges_from_raw({"ip_range_whitelist": ["10.9.0.0/16"]})
+        result = self.fetch("/to-rfc1918", first_hop="203.0.113.7", ip_ranges=other)
+        assert result.error is ProbeError.PRIVATE_REDIRECT
 
     def test_a_location_with_control_characters_is_refused(self) -> None:
         result = self.fetch("/control-chars", first_hop="203.0.113.7")
