@@ -329,15 +329,6 @@ class _InLogContext:
                 sent, thrown = None, e
 
 
-<<<<<<< HEAD
-def _startup_logcontext(server_name: str) -> AbstractContextManager[Any]:
-    """A named logcontext for the module's start-up where Synapse starts it
-    in the sentinel context; where Synapse gave it one, that one."""
-    if current_context() is not SENTINEL_CONTEXT:
-        return nullcontext()
-    # What LoggingContext takes has changed between releases.
-    make: Any = getattr(synapse_logcontext, "LoggingContext")  # noqa: B009
-=======
 class _ChildInLogContext:
     """Awaits a coroutine the run spawned (`engine.spawn`) with the run's
     `context` current during each of its steps, and whatever was current
@@ -378,14 +369,13 @@ class _ChildInLogContext:
                 sent, thrown = None, e
 
 
-def _run_in_named_context(
-    server_name: str, body: Callable[[], Coroutine[Any, Any, None]]
-) -> None:
-    """For Synapses whose module API has no `run_as_background_process`."""
-    # Where the class lives and what it takes has changed between releases.
-    logging_context: Any = getattr(synapse_logcontext, "LoggingContext")  # noqa: B009
-    context: Any
->>>>>>> harden
+def _startup_logcontext(server_name: str) -> AbstractContextManager[Any]:
+    """A named logcontext for the module's start-up where Synapse starts it
+    in the sentinel context; where Synapse gave it one, that one."""
+    if current_context() is not SENTINEL_CONTEXT:
+        return nullcontext()
+    # What LoggingContext takes has changed between releases.
+    make: Any = getattr(synapse_logcontext, "LoggingContext")  # noqa: B009
     try:
         return cast(
             AbstractContextManager[Any],
