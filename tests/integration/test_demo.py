@@ -71,27 +71,8 @@ def test_demo_world(tmp_path: Path) -> None:
     )
     took_s = time.monotonic() - began
     out = done.stdout
-    assert done.returncode == 0, out + done.stderr
-    assert "Traceback" not in out + done.stderr
-
-    assert "A private federation: Synapse's ip_range_whitelist allows 10.213." in out
-    assert "Start-up check: federation OK" in out
-    healthy = _section(out, "== 1/3 healthy setup", "== 2/3 break:")
-    broken = _section(out, "== 2/3 break:", "== 3/3 fix:")
-    fixed = _section(out, "== 3/3 fix:", "== Stopping")
-    assert "leaf certificate without its intermediate" in broken
-    assert "missing_intermediate" not in healthy
-    # The report (its text form) names the check and the missing certificate,
-    # and the narration gives the check's reason and its fix.
-    assert re.search(r"^tls\.certificate\s+FAIL", broken, re.MULTILINE), broken
-    assert "-> tls.certificate fails with reason missing_intermediate" in broken
-    assert "fedhealth test intermediate" in broken
-    assert "fullchain" in broken.split("-> tls.certificate", 1)[1], broken
-    for section in (healthy, fixed):
-        assert not re.search(r"\b(FAIL|WARN)\b", section), section
-    assert "Verdicts: healthy ok, broken broken, fixed ok" in out
-    for line in out.splitlines():
-        assert len(line) <= 80, line
+    assert "Traceback" not in out + done.stderr, out + done.stderr
+    assert "No world of its own" not in out, out
 
     # Everything stopped: Synapse, nginx (its prefix is under TMPDIR), the
     # namespace; the world's temporary directory is gone.
@@ -103,5 +84,27 @@ def test_demo_world(tmp_path: Path) -> None:
     ).stdout
     assert netns.group(1) not in listed
     assert [p.name for p in world_tmp.iterdir() if p.name != "netlab-state"] == []
-    assert list((world_tmp / "netlab-state").glob("*.json")) == []
+    assert list(world_tmp.glob("netlab-state/*.json")) == []
+
+    assert "A private federation: Synapse's ip_range_whitelist allows 10.213." in out
+    healthy = _section(out, "== 1/3 healthy setup", "== 2/3 break:")
+    broken = _section(out, "== 2/3 break:", "== 3/3 fix:")
+    fixed = _section(out, "== 3/3 fix:", "== Stopping")
+    assert "leaf certificate without its intermediate" in broken
+    assert "missing_intermediate" not in healthy
+    # The report (its text form) names the check and the missing certificate,
+    # and the narration gives the check's reason and its fix.
+    assert re.search(r"^FAIL\s+tls\.certificate", broken, re.MULTILINE), broken
+    assert "-> tls.certificate fails with reason missing_intermediate" in broken
+    assert "fedhealth test intermediate" in broken
+    assert "fullchain" in broken.split("-> tls.certificate", 1)[1], broken
+    for line in out.splitlines():
+        assert len(line) <= 80, line
+
+    # Green before the break and after the fix: every check ok or skipped.
+    for section in (healthy, fixed):
+        assert not re.search(r"^(FAIL|WARN) ", section, re.MULTILINE), section
+    assert "Start-up check: federation OK\n" in out
+    assert "Verdicts: healthy ok, broken broken, fixed ok" in out
+    assert done.returncode == 0, out + done.stderr
     assert took_s < DEMO_BUDGET_S, f"the demo took {took_s:.0f} s"

@@ -9,6 +9,7 @@ import json
 import secrets
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -324,18 +325,20 @@ def _run_world_demo(
     _heading("WARNING lines of the synapse_fedhealth logger")
     warnings = synapse.fedhealth_warnings()
     for line in warnings:
-        _say(f"  {line}")
+        for i, part in enumerate(_wrap(line, 76)):
+            _say(f"  {part}" if i == 0 else f"    {part}")
     if not warnings:
         _say("  (none)")
 
     endpoint = f"{synapse.base_url}/_synapse/fedhealth"
-    _heading(f"1/3 healthy setup: GET {endpoint}?format=text")
+    host = world.delegated
+    _heading("1/3 healthy setup")
+    _say(f"GET {endpoint}?format=text")
     healthy = _report(endpoint, token)
 
-    _heading(
-        "2/3 break: nginx now serves the leaf certificate without its intermediate"
-    )
-    _say("(ssl_certificate leaf.pem instead of fullchain.pem, nginx reloaded with HUP)")
+    _heading("2/3 break: nginx serves the leaf certificate without its intermediate")
+    _say(f"(for {host}: ssl_certificate {host}.leaf.pem instead of")
+    _say(f" {host}.fullchain.pem; nginx config rewritten, reloaded with HUP)")
     world.serve_leaf_only()
     broken = _report(endpoint, token)
     named = [
@@ -347,13 +350,14 @@ def _run_world_demo(
     ]
     if named:
         _say(f"-> {BREAK_CHECK} fails with reason {BREAK_REASON}; its fix:")
-        for line in _wrap(str(named[0].get("fix") or "(no fix given)")):
+        for line in _wrap(str(named[0].get("fix") or "(no fix given)"), 77):
             _say(f"   {line}")
     else:
         _say(f"-> the report does not name {BREAK_CHECK} {BREAK_REASON}")
 
-    _heading("3/3 fix: ssl_certificate fullchain.pem (leaf + intermediate) again")
-    _say("(nginx config rewritten, nginx reloaded with HUP)")
+    _heading("3/3 fix: nginx serves the full chain (leaf + intermediate) again")
+    _say(f"(for {host}: ssl_certificate {host}.fullchain.pem;")
+    _say(" nginx config rewritten, reloaded with HUP)")
     world.serve_full_chain()
     fixed = _report(endpoint, token)
 
@@ -381,9 +385,7 @@ def _report(endpoint: str, token: str) -> dict[str, Any]:
     return report
 
 
-def _wrap(text: str, width: int = 76) -> list[str]:
-    import textwrap
-
+def _wrap(text: str, width: int) -> list[str]:
     lines: list[str] = []
     for paragraph in text.splitlines():
         lines += textwrap.wrap(paragraph, width) or [""]

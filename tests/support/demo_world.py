@@ -10,9 +10,12 @@ Synapse, and a DNS stub that knows only the world's names.
 
 Layout: a veth pair on a private /30 from the lab's pool (10.213.0.0/16). The
 host end (`host_ip`) carries the DNS stub and Synapse's listener; the
-namespace end (`ns_ip`) carries nginx: HTTPS on 443 for the server name and
-its delegated host, and plain HTTP on 80 for the CA's AIA URL (where the
-intermediate is published, as public CAs do). The module resolves through
+namespace end (`ns_ip`) carries nginx: HTTPS on 443 for the server name (the
+site: its well-knowns delegate to the Matrix host) and for public_baseurl's
+host (the Matrix host: proxies to Synapse), each with its own certificate, and
+plain HTTP on 80 for the CA's AIA URL (where the intermediate is published, as
+public CAs do). The break touches the Matrix host only, so discovery still
+works and the report names the certificate itself. The module resolves through
 the stub and trusts the private root only, so nothing leaves the veth pair.
 
 The CA is built with `cryptography` (tests/support/aia_pki.py), which Synapse
@@ -78,10 +81,10 @@ class DemoWorld:
         self.dns: DnsServer | None = None
         self.nginx: Nginx | None = None
         self.upstream_port = 0
-        self._cert: CertFiles | None = None
+        self._site_cert: CertFiles | None = None
+        self._cert: CertFiles | None = None  # the Matrix host's, which breaks
         self._intermediate_der: Path | None = None
         self.ca_file = self.directory / "pki" / "root-ca.pem"
-        self.intermediate_name = ""
 
     # -- addresses -----------------------------------------------------------
 
@@ -154,7 +157,8 @@ class DemoWorld:
     # -- the break and the fix -------------------------------------------------
 
     def serve_leaf_only(self) -> None:
-        """Rewrite nginx's `ssl_certificate` to the leaf alone and reload."""
+        """Point the Matrix host's `ssl_certificate` at the leaf alone, and
+        reload nginx."""
         assert self._cert is not None
         self._reload(
             attr.evolve(
@@ -180,49 +184,41 @@ class DemoWorld:
         pki_dir = self.directory / "pki"
         pki_dir.mkdir(parents=True, exist_ok=True)
         pki = AiaPki(f"http://{self.ca_host}")
-        self.intermediate_name = pki.intermediate.cert.subject.rfc4514_string()
-        leaf = pki.leaf(self.server_name, self.delegated)
         self.ca_file.write_bytes(pki.root.pem)
         der = pki_dir / INTERMEDIATE_PATH.lstrip("/")
         der.write_bytes(pki.intermediate.der)
         self._intermediate_der = der
-        key = pki_dir / "leaf.key"
-        key.write_bytes(leaf.key_pem)
-        key.chmod(0o600)
-        leaf_pem = pki_dir / "leaf.pem"
-        leaf_pem.write_bytes(leaf.pem)
-        fullchain = pki_dir / "fullchain.pem"
-        fullchain.write_bytes(leaf.pem + pki.intermediate.pem)
-        self._cert = CertFiles(
-            variant=CertVariant.VALID,
-            names=(self.server_name, self.delegated),
-            key=key,
-            leaf=leaf_pem,
-            fullchain=fullchain,
-            served_chain=fullchain,
-            not_before=leaf.cert.not_valid_before_utc,
-            not_after=leaf.cert.not_valid_after_utc,
-        )
+        self._site_cert = _write_leaf(pki, pki_dir, self.server_name)
+        self._cert = _write_leaf(pki, pki_dir, self.delegated)
 
     def _vhosts(self, cert: CertFiles) -> list[Vhost]:
-        assert self._intermediate_der is not None
+        """The site (`server_name`: the well-knowns only), the Matrix host
+        (`delegated`, with `cert`: proxies to Synapse) and the CA's
+        publication point (plain HTTP, as AIA URLs are)."""
+        assert self._intermediate_der is not None and self._site_cert is not None
         upstream_host = self.host_ip
         if isinstance(ipaddress.ip_address(upstream_host), ipaddress.IPv6Address):
             upstream_host = f"[{upstream_host}]"
-        front = Vhost(
+        site = Vhost(
             address=self.ns_ip,
             port=443,
-            server_names=(self.server_name, self.delegated),
-            cert=cert,
+            server_names=(self.server_name,),
+            cert=self._site_cert,
             well_known_server=well_known_server(f"{self.delegated}:443"),
             well_known_client=WellKnown(
                 {"m.homeserver": {"base_url": self.public_baseurl}},
                 headers={"Access-Control-Allow-Origin": "*"},
             ),
+            proxy=ProxyVariant.NONE,
+        )
+        matrix = Vhost(
+            address=self.ns_ip,
+            port=443,
+            server_names=(self.delegated,),
+            cert=cert,
             proxy=ProxyVariant.CORRECT,
             upstream=f"http://{upstream_host}:{self.upstream_port}",
         )
-        # The CA's publication point: plain HTTP, as AIA URLs are.
         ca = Vhost(
             address=self.ns_ip,
             port=80,
@@ -236,4 +232,27 @@ class DemoWorld:
                 "}"
             ),
         )
-        return [front, ca]
+        return [site, matrix, ca]
+
+
+def _write_leaf(pki: AiaPki, directory: Path, name: str) -> CertFiles:
+    """A leaf for `name` from the intermediate (with AIA), as nginx's files:
+    the key, the leaf alone and the full chain (leaf + intermediate)."""
+    leaf = pki.leaf(name)
+    key = directory / f"{name}.key"
+    key.write_bytes(leaf.key_pem)
+    key.chmod(0o600)
+    leaf_pem = directory / f"{name}.leaf.pem"
+    leaf_pem.write_bytes(leaf.pem)
+    fullchain = directory / f"{name}.fullchain.pem"
+    fullchain.write_bytes(leaf.pem + pki.intermediate.pem)
+    return CertFiles(
+        variant=CertVariant.VALID,
+        names=(name,),
+        key=key,
+        leaf=leaf_pem,
+        fullchain=fullchain,
+        served_chain=fullchain,
+        not_before=leaf.cert.not_valid_before_utc,
+        not_after=leaf.cert.not_valid_after_utc,
+    )
