@@ -307,7 +307,8 @@ def _run_world_demo(
     _say(f"  DNS stub on {world.dns.address} that knows only {server_name},")
     _say(f"  {world.delegated} and {world.ca_host} (the CA's AIA URL).")
     _say(f"A private federation: Synapse's ip_range_whitelist allows {world.network}.")
-    _say(f"Starting Synapse for {server_name} in {synapse.directory} ...")
+    _say(f"Starting Synapse for {server_name} in")
+    _say(f"  {synapse.directory} ...")
     synapse.start()
     _say(
         f"Synapse answers on {synapse.base_url} (started in {synapse.started_in_s:.1f} s)."
@@ -337,8 +338,8 @@ def _run_world_demo(
     healthy = _report(endpoint, token)
 
     _heading("2/3 break: nginx serves the leaf certificate without its intermediate")
-    _say(f"(for {host}: ssl_certificate {host}.leaf.pem instead of")
-    _say(f" {host}.fullchain.pem; nginx config rewritten, reloaded with HUP)")
+    _say(f"(server block {host}: ssl_certificate leaf.pem, was fullchain.pem;")
+    _say(" the nginx config rewritten, nginx reloaded with HUP)")
     world.serve_leaf_only()
     broken = _report(endpoint, token)
     named = [
@@ -356,15 +357,16 @@ def _run_world_demo(
         _say(f"-> the report does not name {BREAK_CHECK} {BREAK_REASON}")
 
     _heading("3/3 fix: nginx serves the full chain (leaf + intermediate) again")
-    _say(f"(for {host}: ssl_certificate {host}.fullchain.pem;")
-    _say(" nginx config rewritten, reloaded with HUP)")
+    _say(f"(server block {host}: ssl_certificate fullchain.pem again;")
+    _say(" the nginx config rewritten, nginx reloaded with HUP)")
     world.serve_full_chain()
     fixed = _report(endpoint, token)
 
     _heading("Stopping Synapse, nginx, the DNS stub and the namespace")
     status = synapse.stop()
     world.close()
-    _say(f"Synapse exited with status {status}. Its log: {synapse.log_path}")
+    _say(f"Synapse exited with status {status}. Its log:")
+    _say(f"  {synapse.log_path}")
     verdicts = [str(r.get("verdict")) for r in (healthy, broken, fixed)]
     took_s = time.monotonic() - began
     _say(

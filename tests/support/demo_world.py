@@ -236,15 +236,18 @@ class DemoWorld:
 
 
 def _write_leaf(pki: AiaPki, directory: Path, name: str) -> CertFiles:
-    """A leaf for `name` from the intermediate (with AIA), as nginx's files:
-    the key, the leaf alone and the full chain (leaf + intermediate)."""
+    """A leaf for `name` from the intermediate (with AIA), as nginx's files
+    in `directory`/`name`: key.pem, leaf.pem (the leaf alone) and
+    fullchain.pem (leaf + intermediate)."""
     leaf = pki.leaf(name)
-    key = directory / f"{name}.key"
+    files = directory / name
+    files.mkdir()
+    key = files / "key.pem"
     key.write_bytes(leaf.key_pem)
     key.chmod(0o600)
-    leaf_pem = directory / f"{name}.leaf.pem"
+    leaf_pem = files / "leaf.pem"
     leaf_pem.write_bytes(leaf.pem)
-    fullchain = directory / f"{name}.fullchain.pem"
+    fullchain = files / "fullchain.pem"
     fullchain.write_bytes(leaf.pem + pki.intermediate.pem)
     return CertFiles(
         variant=CertVariant.VALID,
