@@ -338,8 +338,8 @@ def _run_world_demo(
     healthy = _report(endpoint, token)
 
     _heading("2/3 break: nginx serves the leaf certificate without its intermediate")
-    _say(f"(server block {host}: ssl_certificate leaf.pem, was fullchain.pem;")
-    _say(" the nginx config rewritten, nginx reloaded with HUP)")
+    _say(f"(nginx, server block {host}: ssl_certificate leaf.pem,")
+    _say(" was fullchain.pem; the config rewritten, nginx reloaded with HUP)")
     world.serve_leaf_only()
     broken = _report(endpoint, token)
     named = [
@@ -357,8 +357,8 @@ def _run_world_demo(
         _say(f"-> the report does not name {BREAK_CHECK} {BREAK_REASON}")
 
     _heading("3/3 fix: nginx serves the full chain (leaf + intermediate) again")
-    _say(f"(server block {host}: ssl_certificate fullchain.pem again;")
-    _say(" the nginx config rewritten, nginx reloaded with HUP)")
+    _say(f"(nginx, server block {host}: ssl_certificate fullchain.pem")
+    _say(" again; the config rewritten, nginx reloaded with HUP)")
     world.serve_full_chain()
     fixed = _report(endpoint, token)
 
