@@ -95,6 +95,27 @@ ensure_test_tools() {
     done
 }
 
+# ensure_demo_tools: what the demo's own world needs (a network namespace
+# with nftables, nginx in it), when this shell can install as root. Without
+# them the demo falls back to a Synapse alone and says why.
+ensure_demo_tools() {
+    [ "$(id -u)" = 0 ] || return 0
+    local missing=()
+    command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+    command -v nft >/dev/null || [ -x /usr/sbin/nft ] || missing+=(nftables)
+    command -v ip >/dev/null || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing+=(iproute2)
+    command -v setpriv >/dev/null || missing+=(util-linux)
+    [ "${#missing[@]}" -gt 0 ] || return 0
+    apt_install "${missing[@]}" && return 0
+    local pkg
+    for pkg in "${missing[@]}"; do
+        apt_install "$pkg" && continue
+        [ "$pkg" = nginx-light ] && apt_install nginx && continue
+        echo "could not install $pkg; the demo runs without its own world" >&2
+    done
+    return 0
+}
+
 # ensure_venv [EXTRAS]: $REPO/.venv with the project and its extras
 # ("test,lint" by default; "none" for the package alone, as the demo needs).
 ensure_venv() {

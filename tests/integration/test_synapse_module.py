@@ -372,6 +372,9 @@ def test_demo_command(tmp_path: Path) -> None:
             str(REPO / "sample_homeserver.yaml"),
             "--workdir",
             str(tmp_path / "demo-data"),
+            # The fallback (a Synapse alone); tests/integration/test_demo.py
+            # runs the demo with its own world.
+            "--no-world",
         ],
         capture_output=True,
         text=True,

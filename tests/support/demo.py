@@ -8,11 +8,17 @@ import argparse
 import json
 import secrets
 import sys
+import tempfile
+import textwrap
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import yaml
 
+from tests.integration.netlab.netns import NetlabError
+from tests.integration.netlab.nginx import NginxError
+from tests.support import demo_world
 from tests.support.dns_server import NxDomainDnsServer
 from tests.support.synapse_process import (
     SUMMARY_RE,
@@ -46,9 +52,18 @@ def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
         "--real-dns",
         action="store_true",
         help=(
-            "resolve with the config's dns_servers or the system's nameservers; by "
-            "default the demo points the module at a local DNS stub that knows no "
-            "names, so nothing leaves this machine"
+            "resolve with the config's dns_servers or the system's nameservers, "
+            "without the demo's own world; by default the module resolves through "
+            "a local DNS stub, so nothing leaves this machine"
+        ),
+    )
+    parser.add_argument(
+        "--no-world",
+        action="store_true",
+        help=(
+            "skip the demo's own world (a network namespace with DNS, a private "
+            "CA and nginx, built when run as root): the report of a Synapse whose "
+            "DNS stub knows no names"
         ),
     )
 
@@ -137,6 +152,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         port = new_port
 
     module_config: dict[str, Any] = entry["config"]
+    if not (args.real_dns or args.no_world):
+        why_not = demo_world.unavailable_reason()
+        if why_not is None:
+            return _world_main(args.workdir, config, secret, port)
+        _say(f"No world of its own for the demo: {why_not}.")
     dns = None if args.real_dns else NxDomainDnsServer().start()
     if dns is not None:
         module_config["dns_servers"] = [dns.address]
@@ -223,6 +243,155 @@ def _run_demo(
     status = synapse.stop()
     _say(f"Synapse exited with status {status}. Its log: {synapse.log_path}")
     return 0 if ok else 1
+
+
+# -- the demo's own world ------------------------------------------------------
+
+BREAK_CHECK = "tls.certificate"
+BREAK_REASON = "missing_intermediate"
+WORLD_STARTUP_DELAY = "1s"  # nginx already serves when Synapse starts
+
+
+def _world_main(workdir: str, config: dict[str, Any], secret: str, port: int) -> int:
+    began = time.monotonic()
+    server_name = str(config.get("server_name"))
+    public_baseurl = str(config.get("public_baseurl") or f"https://{server_name}/")
+    with tempfile.TemporaryDirectory(prefix="fedhealth-demo-") as tmp:
+        world = demo_world.DemoWorld(tmp, server_name, public_baseurl)
+        synapse: SynapseProcess | None = None
+        try:
+            world.create(upstream_port=port)
+            _configure_for_world(config, port, world)
+            synapse = SynapseProcess(workdir, config)
+            return _run_world_demo(world, synapse, secret, began)
+        except (SynapseError, NginxError, NetlabError, OSError) as e:
+            print(f"demo: {e}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("demo: interrupted; stopping everything", file=sys.stderr)
+            return 130
+        finally:
+            if synapse is not None:
+                synapse.stop()
+            world.close()
+
+
+def _configure_for_world(
+    config: dict[str, Any], port: int, world: demo_world.DemoWorld
+) -> None:
+    """The sample config, put behind the world's nginx."""
+    for listener in config["listeners"]:
+        if isinstance(listener, dict) and listener.get("port") == port:
+            # nginx, in the namespace, reaches Synapse over the veth pair.
+            listener["bind_addresses"] = ["127.0.0.1", world.host_ip]
+            listener["x_forwarded"] = True
+    # A private federation: the world's addresses are private ones.
+    config["ip_range_whitelist"] = [world.network]
+    entry = _module_entry(config)
+    assert entry is not None
+    module_config: dict[str, Any] = entry["config"]
+    assert world.dns is not None
+    module_config["dns_servers"] = [world.dns.address]
+    module_config["tls_ca_file"] = str(world.ca_file)
+    module_config["startup_delay"] = WORLD_STARTUP_DELAY
+
+
+def _run_world_demo(
+    world: demo_world.DemoWorld, synapse: SynapseProcess, secret: str, began: float
+) -> int:
+    config = synapse.config
+    server_name = config.get("server_name")
+    assert world.dns is not None
+    _say(f"The demo's world: network namespace {world.netns.name} ({world.network}),")
+    _say(f"  nginx on {world.ns_ip}:443 with a certificate from a private CA,")
+    _say(f"  DNS stub on {world.dns.address} that knows only {server_name},")
+    _say(f"  {world.delegated} and {world.ca_host} (the CA's AIA URL).")
+    _say(f"A private federation: Synapse's ip_range_whitelist allows {world.network}.")
+    _say(f"Starting Synapse for {server_name} in")
+    _say(f"  {synapse.directory} ...")
+    synapse.start()
+    _say(
+        f"Synapse answers on {synapse.base_url} (started in {synapse.started_in_s:.1f} s)."
+    )
+    username = f"demo-admin-{secrets.token_hex(4)}"
+    token = register_user(
+        synapse.base_url, secret, username, secrets.token_urlsafe(16), True
+    )
+    _say(f"Registered the server admin @{username}:{server_name}.")
+    match = synapse.wait_for_log(SUMMARY_RE, SUMMARY_MARGIN_S)
+    _say(
+        "Start-up check: "
+        + (match.group("summary") if match else "(no summary line logged)")
+    )
+    _heading("WARNING lines of the synapse_fedhealth logger")
+    warnings = synapse.fedhealth_warnings()
+    for line in warnings:
+        for i, part in enumerate(_wrap(line, 76)):
+            _say(f"  {part}" if i == 0 else f"    {part}")
+    if not warnings:
+        _say("  (none)")
+
+    endpoint = f"{synapse.base_url}/_synapse/fedhealth"
+    host = world.delegated
+    _heading("1/3 healthy setup")
+    _say(f"GET {endpoint}?format=text")
+    healthy = _report(endpoint, token)
+
+    _heading("2/3 break: nginx serves the leaf certificate without its intermediate")
+    _say(f"(nginx, server block {host}: ssl_certificate leaf.pem,")
+    _say(" was fullchain.pem; the config rewritten, nginx reloaded with HUP)")
+    world.serve_leaf_only()
+    broken = _report(endpoint, token)
+    named = [
+        c
+        for c in broken.get("checks", [])
+        if c.get("id") == BREAK_CHECK
+        and c.get("status") == "fail"
+        and (c.get("details") or {}).get("reason") == BREAK_REASON
+    ]
+    if named:
+        _say(f"-> {BREAK_CHECK} fails with reason {BREAK_REASON}; its fix:")
+        for line in _wrap(str(named[0].get("fix") or "(no fix given)"), 77):
+            _say(f"   {line}")
+    else:
+        _say(f"-> the report does not name {BREAK_CHECK} {BREAK_REASON}")
+
+    _heading("3/3 fix: nginx serves the full chain (leaf + intermediate) again")
+    _say(f"(nginx, server block {host}: ssl_certificate fullchain.pem")
+    _say(" again; the config rewritten, nginx reloaded with HUP)")
+    world.serve_full_chain()
+    fixed = _report(endpoint, token)
+
+    _heading("Stopping Synapse, nginx, the DNS stub and the namespace")
+    status = synapse.stop()
+    world.close()
+    _say(f"Synapse exited with status {status}. Its log:")
+    _say(f"  {synapse.log_path}")
+    verdicts = [str(r.get("verdict")) for r in (healthy, broken, fixed)]
+    took_s = time.monotonic() - began
+    _say(
+        f"Verdicts: healthy {verdicts[0]}, broken {verdicts[1]}, "
+        f"fixed {verdicts[2]} ({took_s:.0f} s in all)."
+    )
+    return 0 if named and verdicts[0] == "ok" and verdicts[2] == "ok" else 1
+
+
+def _report(endpoint: str, token: str) -> dict[str, Any]:
+    """A fresh run (JSON), then the same report as text, printed."""
+    response = http_request(f"{endpoint}?refresh=true", token=token)
+    if response.status != 200:
+        raise SynapseError(f"GET {endpoint}: {response.status} {response.text[:200]}")
+    report: dict[str, Any] = response.json()
+    text = http_request(f"{endpoint}?format=text", token=token)
+    _say(text.text.rstrip())
+    return report
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines: list[str] = []
+    for paragraph in text.splitlines():
+        lines += textwrap.wrap(paragraph, width) or [""]
+    return lines
 
 
 if __name__ == "__main__":

@@ -27,13 +27,16 @@ import ipaddress
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attr
-import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+if TYPE_CHECKING:
+    import trustme
 
 VALID_DAYS = 90
 DEFAULT_EXPIRING_DAYS = 3
@@ -117,6 +120,10 @@ class Pki:
     untrusted root and intermediate for UNTRUSTED_CA; files go to `directory`."""
 
     def __init__(self, directory: str | Path) -> None:
+        # Imported here: the demo uses CertFiles and nginx without trustme,
+        # which only the test extras install.
+        import trustme
+
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.root = trustme.CA(organization_name="netlab root")
@@ -130,6 +137,8 @@ class Pki:
         self._count = 0
 
     def _untrusted(self) -> trustme.CA:
+        import trustme
+
         if self._untrusted_intermediate is None:
             self._untrusted_root = trustme.CA(organization_name="netlab untrusted root")
             self._untrusted_intermediate = self._untrusted_root.create_child_ca()

@@ -26,6 +26,11 @@ never serving the new config.)
 
 A reload is confirmed through a control listener on 127.0.0.1 that answers
 the config generation: `reload()` returns once the new generation answers.
+
+`Nginx(prefix, vhosts, netns=ns)` runs it inside a network namespace
+(`ip netns exec`, which execs: the master keeps its PID and process group);
+the control listener is then on the namespace's address, which the host
+reaches over the veth pair.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ import attr
 from . import leftovers
 from .certs import CertFiles
 from .loopback import free_port, host_port
+from .netns import Netns
 
 NGINX_BINARY = shutil.which("nginx") or "/usr/sbin/nginx"
 # A unix socket path that doesn't exist (and is short: sun_path holds 107
@@ -141,12 +147,17 @@ class Nginx:
         *,
         binary: str = NGINX_BINARY,
         pdeathsig: bool = True,
+        netns: Netns | None = None,
     ) -> None:
         self.prefix = Path(prefix).absolute()
         self.vhosts: list[Vhost] = list(vhosts)
         self.binary = binary
         self.pdeathsig = pdeathsig and shutil.which("setpriv") is not None
+        self.netns = netns
         self.process: subprocess.Popen[bytes] | None = None
+        # In a fresh namespace every port is free; a free one on the host's
+        # loopback is as good a pick as any.
+        self.control_host = netns.ns_ip if netns is not None else "127.0.0.1"
         self.control_port = free_port("127.0.0.1")
         self.generation = 0
         self.started_in_s: float | None = None
@@ -322,7 +333,7 @@ http {{
   proxy_read_timeout 30s;
   geo $netlab_dollar {{ default "$"; }}
   server {{
-    listen 127.0.0.1:{self.control_port};
+    listen {host_port(self.control_host, self.control_port)};
     location = {CONTROL_PATH} {{ return 200 "{self.generation}"; }}
     location / {{ return 404; }}
   }}
@@ -337,12 +348,13 @@ http {{
         return self.conf_path
 
     def _base_command(self) -> list[str]:
-        return [
+        command = [
             self.binary,
             "-p", str(self.prefix),
             "-e", str(self.error_log),
             "-c", str(self.conf_path),
         ]  # fmt: skip
+        return command if self.netns is None else self.netns.exec_command(command)
 
     def test_config(self) -> None:
         """`nginx -t`; raises NginxError with nginx's message."""
@@ -430,7 +442,7 @@ http {{
             self.reload()
 
     def _generation_served(self) -> int | None:
-        url = f"http://127.0.0.1:{self.control_port}{CONTROL_PATH}"
+        url = f"http://{host_port(self.control_host, self.control_port)}{CONTROL_PATH}"
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         try:
             with opener.open(url, timeout=1) as response:
