@@ -679,21 +679,63 @@ def classify_connect_error(exc: BaseException) -> ConnectOutcome:
 
 @implementer(IHandshakeListener)
 class _HandshakeWatcher(TwistedProtocol):
-    def __init__(self, done: defer.Deferred[None]) -> None:
+    """Waits for the handshake; then closes the connection, or with `keep`
+    leaves it open for a `KeptTlsConnection` to hand over."""
+
+    def __init__(self, done: defer.Deferred[None], *, keep: bool = False) -> None:
         self._done = done
+        self._keep = keep
+        self.lost = False
 
     def handshakeCompleted(self) -> None:
         if not self._done.called:
             self._done.callback(None)
-        transport: Any = self.transport
-        transport.loseConnection()
+        if not self._keep:
+            transport: Any = self.transport
+            transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
         pass
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+        self.lost = True
         if not self._done.called:
             self._done.errback(reason)
+
+
+class KeptTlsConnection:
+    """A probe's connection after its handshake, kept open so that the
+    requests to the same target ride it instead of handshaking again.
+
+    `adopt` hands it to an HTTP client protocol once; `close` drops it if
+    nobody took it."""
+
+    def __init__(
+        self, tls_protocol: Any, watcher: _HandshakeWatcher, recorder: PeerChainRecorder
+    ) -> None:
+        self._tls = tls_protocol
+        self._watcher = watcher
+        self.recorder = recorder
+        self._taken = False
+
+    @property
+    def usable(self) -> bool:
+        return not self._taken and not self._watcher.lost
+
+    def adopt(self, factory: Any) -> Any:
+        """The protocol `factory` builds, connected to this TLS connection
+        (from now on it gets what the server sends)."""
+        assert self.usable
+        self._taken = True
+        protocol = factory.buildProtocol(self._tls.getPeer())
+        self._tls.wrappedProtocol = protocol
+        protocol.makeConnection(self._tls)
+        return protocol
+
+    def close(self) -> None:
+        if self.usable:
+            self._taken = True
+            self._tls.transport.abortConnection()
 
 
 class TwistedTlsProber:
@@ -705,17 +747,31 @@ class TwistedTlsProber:
     def probe(
         self, ip: str, port: int, sni: str, timeout: float
     ) -> defer.Deferred[TlsProbeResult]:
-        return defer.Deferred.fromCoroutine(self._probe(ip, port, sni, timeout))
+        async def probe() -> TlsProbeResult:
+            result, _ = await self._probe(ip, port, sni, timeout, keep=False)
+            return result
+
+        return defer.Deferred.fromCoroutine(probe())
+
+    def probe_and_keep(
+        self, ip: str, port: int, sni: str, timeout: float
+    ) -> defer.Deferred[tuple[TlsProbeResult, KeptTlsConnection | None]]:
+        """`probe`, and the connection itself when the handshake succeeded:
+        the caller must `adopt` or `close` it."""
+        return defer.Deferred.fromCoroutine(
+            self._probe(ip, port, sni, timeout, keep=True)
+        )
 
     async def _probe(
-        self, ip: str, port: int, sni: str, timeout: float
-    ) -> TlsProbeResult:
+        self, ip: str, port: int, sni: str, timeout: float, *, keep: bool
+    ) -> tuple[TlsProbeResult, KeptTlsConnection | None]:
         deadline = self._reactor.seconds() + timeout
         recorder = PeerChainRecorder()
         done: defer.Deferred[None] = defer.Deferred()
         # (Typed as Any: mypy can't see zope's @implementer.)
         creator: Any = RecordingConnectionCreator(sni, recorder)
-        watcher_factory: Any = Factory.forProtocol(lambda: _HandshakeWatcher(done))
+        watcher = _HandshakeWatcher(done, keep=keep)
+        watcher_factory: Any = Factory.forProtocol(lambda: watcher)
         factory: Any = TLSMemoryBIOFactory(creator, True, watcher_factory)
         endpoint_cls = TCP6ClientEndpoint if ":" in ip else TCP4ClientEndpoint
         endpoint: Any = endpoint_cls(
@@ -734,7 +790,7 @@ class TwistedTlsProber:
                 if isinstance(e, error.ConnectingCancelledError)
                 else _describe(e)
             )
-            return attr.evolve(base, connect=outcome, connect_error=message)
+            return attr.evolve(base, connect=outcome, connect_error=message), None
         connect_ms = (self._reactor.seconds() - started) * 1000
         base = attr.evolve(base, connect_ms=round(connect_ms, 1))
         remaining = max(0.0, deadline - self._reactor.seconds())
@@ -765,20 +821,22 @@ class TwistedTlsProber:
                 base,
                 handshake=HandshakeOutcome.TIMEOUT,
                 handshake_error="the TLS handshake timed out",
-            )
+            ), None
         except Exception as e:
             return attr.evolve(
                 base,
                 handshake=HandshakeOutcome.FAILED,
                 handshake_error=_describe_tls_error(e),
-            )
-        return attr.evolve(
+            ), None
+        result = attr.evolve(
             base,
             handshake=HandshakeOutcome.OK,
             protocol=recorder.protocol,
             cipher=recorder.cipher,
             chain=recorder.chain,
         )
+        kept = KeptTlsConnection(tls_protocol, watcher, recorder) if keep else None
+        return result, kept
 
 
 def _describe(e: BaseException) -> str:
