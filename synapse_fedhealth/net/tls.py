@@ -13,6 +13,7 @@ import hashlib
 import os
 import ssl
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
@@ -265,9 +266,23 @@ def _verify(
     extra: Sequence[x509.Certificate] = (),
 ) -> tuple[int, str, tuple[x509.Certificate, ...]]:
     """(OpenSSL error code or 0, its message, the verified chain)."""
+    return _verify_in_store(trust.store, tuple(chain), tuple(extra))
+
+
+# Every address of a server serves the same chain, and each is verified
+# when probed and again when judged: the same question, answered once.
+# OpenSSL's answer depends only on the store and the certificates (dates are
+# judged by the callers), and a store is rebuilt, so a new key, when its
+# files change.
+@functools.lru_cache(maxsize=64)
+def _verify_in_store(
+    store: crypto.X509Store,
+    chain: tuple[x509.Certificate, ...],
+    extra: tuple[x509.Certificate, ...],
+) -> tuple[int, str, tuple[x509.Certificate, ...]]:
     leaf = crypto.X509.from_cryptography(chain[0])
     intermediates = [crypto.X509.from_cryptography(c) for c in (*chain[1:], *extra)]
-    context = crypto.X509StoreContext(trust.store, leaf, intermediates)
+    context = crypto.X509StoreContext(store, leaf, intermediates)
     try:
         verified = context.get_verified_chain()
     except crypto.X509StoreContextError as e:
@@ -589,6 +604,26 @@ def _record(conn: SSL.Connection, recorder: PeerChainRecorder) -> None:
     recorder.cipher = conn.get_cipher_name()
 
 
+# Which creator made each live connection: the context, and so its info
+# callback, is shared (building one costs more than a connection does).
+_creators: weakref.WeakKeyDictionary[SSL.Connection, RecordingConnectionCreator] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _on_info(conn: SSL.Connection, where: int, ret: int) -> None:
+    creator = _creators.get(conn)
+    if creator is not None:
+        creator._info_callback(conn, where, ret)
+
+
+@functools.cache
+def _shared_context() -> SSL.Context:
+    ctx = _make_context()
+    ctx.set_info_callback(_on_info)
+    return ctx
+
+
 @implementer(IOpenSSLClientConnectionCreator)
 class RecordingConnectionCreator:
     """Handshakes with SNI `name`, accepts any chain and records it.
@@ -609,11 +644,10 @@ class RecordingConnectionCreator:
         self._sni = sni_for(name)
         self._recorder = recorder
         self._trust = verify_with
-        self._ctx = _make_context()
-        self._ctx.set_info_callback(self._info_callback)
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        conn = SSL.Connection(self._ctx, None)
+        conn = SSL.Connection(_shared_context(), None)
+        _creators[conn] = self
         conn.set_app_data(tlsProtocol)
         if self._sni is not None:
             conn.set_tlsext_host_name(self._sni)
