@@ -629,6 +629,7 @@ class _AdoptingEndpoint:
         # The handshake of the connection the latest request rode.
         self.recorder = PeerChainRecorder()
         self.connections = 0  # connections made or adopted
+        self._made: list[Any] = []  # their HTTP client protocols
 
     def offer(self, kept: KeptTlsConnection | None) -> None:
         self._kept = kept
@@ -636,22 +637,37 @@ class _AdoptingEndpoint:
             self.recorder = kept.recorder
 
     def discard(self) -> None:
+        """Drop every connection at once: the kept one if nobody took it,
+        and those the requests rode (a TLS close would wait for the peer)."""
         if self._kept is not None:
             self._kept.close()
             self._kept = None
+        for protocol in self._made:
+            transport = protocol.transport
+            if transport is not None and protocol.state != "CONNECTION_LOST":
+                transport.abortConnection()
+        self._made.clear()
 
     def connect(self, protocolFactory: Any) -> defer.Deferred[Any]:
         self.connections += 1
         kept, self._kept = self._kept, None
         if kept is not None and kept.usable:
-            return defer.succeed(kept.adopt(protocolFactory))
+            protocol = kept.adopt(protocolFactory)
+            self._made.append(protocol)
+            return defer.succeed(protocol)
         recorder = PeerChainRecorder()
         self.recorder = recorder
         creator = RecordingConnectionCreator(self._sni, recorder)
         fresh = _FirstReachableEndpoint(
             self._reactor, [self._address], creator, lambda address: None
         )
-        return fresh.connect(protocolFactory)
+        connecting = fresh.connect(protocolFactory)
+
+        def made(protocol: Any) -> Any:
+            self._made.append(protocol)
+            return protocol
+
+        return connecting.addCallback(made)
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
