@@ -195,8 +195,8 @@ class EngineLoopbackTest(unittest.TestCase):
     def serve_counting_connections(
         self, server_name: str, cert_names: list[str], ips: list[str]
     ) -> tuple[int, list[str]]:
-        """`serve_tls` on each of `ips` (one port); the list fills with the
-        address of each connection accepted."""
+        """`serve_tls` on each of `ips` (one port), as `server_name:PORT`;
+        the list fills with the address of each connection accepted."""
         leaf = self.ca.issue_cert(*cert_names)
         key = ssl.PrivateCertificate.loadPEM(
             leaf.private_key_and_cert_chain_pem.bytes()
@@ -210,6 +210,7 @@ class EngineLoopbackTest(unittest.TestCase):
             listening = listener.listenSSL(port, site, key.options(), interface=ip)
             self.addCleanup(listening.stopListening)
             port = int(listening.getHost().port)
+        resource.server_name = f"{server_name}:{port}"
         return port, accepted
 
     def dns(self, zone: Zone) -> ZoneDnsServer:
