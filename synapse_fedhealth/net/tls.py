@@ -432,6 +432,25 @@ def verify_chain(
 ) -> CertVerification:
     """Verify `chain` (leaf first, as served) for `name` against `trust`, with
     every date judged at `now`; `issuers` as in `check_chain`."""
+    return _verify_chain_once(
+        tuple(chain),
+        name,
+        trust,
+        now,
+        tuple(issuers) if issuers is not None else None,
+    )
+
+
+# A run judges every address at the same `now`, and they serve the same
+# chain: one verdict for all of them.
+@functools.lru_cache(maxsize=32)
+def _verify_chain_once(
+    chain: tuple[x509.Certificate, ...],
+    name: str,
+    trust: TrustStore,
+    now: float,
+    issuers: tuple[IssuerFetch, ...] | None,
+) -> CertVerification:
     leaf = chain[0]
     problems: list[tuple[str, str]] = []
 
