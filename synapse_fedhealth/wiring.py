@@ -16,6 +16,7 @@ from typing import Any
 import attr
 from twisted.python.threadpool import ThreadPool
 
+from synapse_fedhealth.engine.probes import TargetConnector
 from synapse_fedhealth.net.aia import IssuerFetcher, PlainHttpIssuerFetcher
 from synapse_fedhealth.net.dns import DnsLookupPool, DnsResolver, ThreadedDnsResolver
 from synapse_fedhealth.net.dns_cache import RunScopedDnsCache
@@ -41,6 +42,9 @@ class RunIO:
     # tls.certificate then can't tell a missing intermediate from an
     # untrusted CA).
     issuers: IssuerFetcher | None = None
+    # How a target's probes reach it (None: each on a connection of its own,
+    # through `http` and `tls`; what fakes do).
+    targets: TargetConnector | None = None
 
 
 def load_trust_store(ca_files: tuple[str, ...]) -> tuple[TrustStore, str]:
@@ -84,16 +88,23 @@ class ProcessIO:
             ThreadedDnsResolver(self.reactor, self.threadpool, settings.dns_servers)
         )
         trust, trust_error = self.trust_store(settings.ca_files)
+        http = ProbeHttpClient(
+            self.reactor,
+            resolver,
+            trust,
+            user_agent=settings.user_agent,
+            ip_ranges=settings.ip_ranges,
+        )
+        tls = TwistedTlsProber(self.reactor)
         return RunIO(
             resolver=resolver,
-            http=ProbeHttpClient(
-                self.reactor,
-                resolver,
-                trust,
-                user_agent=settings.user_agent,
-                ip_ranges=settings.ip_ranges,
+            http=http,
+            tls=tls,
+            # One TLS connection per target: the handshake probe's, reused
+            # by its requests.
+            targets=lambda target: http.pinned_target(
+                tls, target.ip, target.port, target.sni
             ),
-            tls=TwistedTlsProber(self.reactor),
             trust=trust,
             trust_error=trust_error,
             issuers=PlainHttpIssuerFetcher(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
+
+import attr
 
 from synapse_fedhealth.checks.discovery import Target
 from synapse_fedhealth.checks.http_answer import parse_json_object
@@ -164,6 +167,31 @@ def _key_failure(
     return None
 
 
+# Every address of a server serves the same key answer; parsing it and
+# verifying its signatures (canonical JSON, ed25519) once is enough. Only
+# answers of a plausible size are kept (a real one is 1-2 KiB): what the
+# cache holds stays small whatever a server sends.
+_CACHED_KEY_ANSWER_BYTES = 16 * 1024
+
+
+def _parse_key_answer(body: bytes) -> tuple[ServedKeys | None, str]:
+    """(the answer, parsed and its signatures checked, with no address; or
+    None and what is wrong)."""
+    if len(body) <= _CACHED_KEY_ANSWER_BYTES:
+        return _parse_small_key_answer(body)
+    return _parse_key_answer_uncached(body)
+
+
+def _parse_key_answer_uncached(body: bytes) -> tuple[ServedKeys | None, str]:
+    obj, problem = parse_json_object(body)
+    if obj is None:
+        return None, problem
+    return parse_served_keys("", obj), ""
+
+
+_parse_small_key_answer = functools.lru_cache(maxsize=16)(_parse_key_answer_uncached)
+
+
 def check_keys(
     target: Target, http: HttpResult, server_name: str, *, now_ms: int
 ) -> tuple[CheckResult, ServedKeys | None]:
@@ -174,8 +202,8 @@ def check_keys(
         return _status_failure(KEYS, target, http), None
     details = _details(target, http)
     details["content_type"] = http.content_type
-    body, problem = parse_json_object(http.body)
-    if body is None:
+    parsed, problem = _parse_key_answer(http.body)
+    if parsed is None:
         details["reason"] = "invalid"
         return (
             fail(
@@ -187,7 +215,7 @@ def check_keys(
             ),
             None,
         )
-    served = parse_served_keys(target.address, body)
+    served = attr.evolve(parsed, address=target.address)
     details["server_name"] = served.server_name
     details["valid_until_ts"] = served.valid_until_ts
     details["key_ids"] = [k.key_id for k in served.key_checks]

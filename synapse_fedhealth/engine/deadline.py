@@ -31,6 +31,10 @@ WELL_KNOWN_SHARE = 0.7
 # Finding a notary (its own discovery) may use this share of what is left; the
 # POST to it gets the rest.
 NOTARY_DISCOVERY_SHARE = 0.6
+# A target's keys request waits for its version request to free their
+# shared connection for at most this share of what is left; then it takes a
+# connection of its own.
+KEYS_WAIT_SHARE = 0.25
 # Kept back at the end of the budget to judge the observations and build the
 # report, so the report is ready by the deadline itself.
 REPORT_MARGIN_S = 0.05

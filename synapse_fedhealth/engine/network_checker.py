@@ -55,7 +55,9 @@ class NetworkChecker:
         self.resolver = ServerNameResolver(
             io.resolver, io.http, wall_clock=io.wall_clock
         )
-        self._prober = TargetProber(io.http, io.tls, trust=io.trust, issuers=io.issuers)
+        self._prober = TargetProber(
+            io.http, io.tls, trust=io.trust, issuers=io.issuers, connect=io.targets
+        )
 
     async def check(self, deadline: Deadline) -> NetworkFindings:
         resolution = await self.resolver.resolve(

@@ -2,22 +2,30 @@
 and `GET /_matrix/key/v2/server`, sent as a peer sends them (its Host header
 and SNI) to one address of the discovery's targets.
 
-`probe_targets` runs every probe of every target concurrently under one
-deadline and returns what arrived; a probe that did not finish is simply
-absent, and the judge reports it as timed out.
+`probe_targets` probes every target concurrently under one deadline and
+returns what arrived; a probe that did not finish is simply absent, and the
+judge reports it as timed out. A target's probes share one TLS connection
+(the handshake's), as a peer's connection pool would: the requests follow
+the handshake, one after the other.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import attr
 from cryptography import x509
 from twisted.internet import defer
 
 from synapse_fedhealth.checks.federation import KEYS_PATH, VERSION_PATH, endpoint_url
-from synapse_fedhealth.engine.deadline import BoundFailure, Deadline
-from synapse_fedhealth.engine.resolution import bounded_get
+from synapse_fedhealth.engine.deadline import (
+    KEYS_WAIT_SHARE,
+    BoundFailure,
+    Clock,
+    Deadline,
+)
+from synapse_fedhealth.engine.resolution import failed_get
 from synapse_fedhealth.engine.spawn import spawn
 from synapse_fedhealth.net.aia import IssuerFetcher
 from synapse_fedhealth.net.http import HttpFetcher
@@ -43,11 +51,63 @@ class TargetProbe:
     issuers: tuple[IssuerFetch, ...] | None = None
 
 
+class TargetConnection(Protocol):
+    """One target's probes: the TLS handshake, then the requests. The
+    production one (`net.http.PinnedTarget`) carries them all on the
+    handshake's connection."""
+
+    def handshake(self, timeout: float) -> defer.Deferred[TlsProbeResult]:
+        """Connect and handshake with the target's SNI. Never fails."""
+
+    def get(
+        self, url: str, *, host_header: str, timeout: float
+    ) -> defer.Deferred[HttpResult]:
+        """GET `url` from the target (no verification: the chain is judged
+        from the handshake). Never fails."""
+
+    def close(self) -> None:
+        """Drop whatever connection is left."""
+
+
+TargetConnector = Callable[[Target], TargetConnection]
+
+
+class SeparateConnections:
+    """A `TargetConnection` from a `TlsProber` and an `HttpFetcher`: each
+    probe on a connection of its own (what fakes provide)."""
+
+    def __init__(self, http: HttpFetcher, tls: TlsProber, target: Target) -> None:
+        self._http = http
+        self._tls = tls
+        self._target = target
+
+    def handshake(self, timeout: float) -> defer.Deferred[TlsProbeResult]:
+        t = self._target
+        return self._tls.probe(t.ip, t.port, t.sni, timeout)
+
+    def get(
+        self, url: str, *, host_header: str, timeout: float
+    ) -> defer.Deferred[HttpResult]:
+        t = self._target
+        return self._http.get(
+            url,
+            connect_to=(t.ip, t.port),
+            host_header=host_header,
+            sni=t.sni,
+            timeout=timeout,
+            verify_tls=False,
+        )
+
+    def close(self) -> None:
+        pass
+
+
 class TargetProber:
     """`trust` and `issuers`: with both, a served chain whose issuer is
     neither sent nor trusted gets its AIA caIssuers URLs fetched after the
     handshake, so that the judge can tell a missing intermediate from an
-    untrusted CA."""
+    untrusted CA. `connect`: how a target's probes reach it (default:
+    `SeparateConnections` over `http` and `tls`)."""
 
     def __init__(
         self,
@@ -56,9 +116,11 @@ class TargetProber:
         *,
         trust: TrustStore | None = None,
         issuers: IssuerFetcher | None = None,
+        connect: TargetConnector | None = None,
     ) -> None:
-        self._http = http
-        self._tls = tls
+        self._connect: TargetConnector = connect or (
+            lambda target: SeparateConnections(http, tls, target)
+        )
         self._trust = trust
         self._issuers = issuers
         # One lookup per URL per run: every address serves the same chain.
@@ -67,7 +129,8 @@ class TargetProber:
     async def probe_targets(
         self, targets: Sequence[Target], deadline: Deadline
     ) -> Mapping[str, TargetProbe]:
-        """address ("ip:port") -> what its probes saw by `deadline`."""
+        """address ("ip:port") -> what its probes saw by `deadline`. Every
+        target is probed at once."""
         probes = {t.address: TargetProbe() for t in targets}
         await deadline.bound(
             lambda: defer.gatherResults(
@@ -80,38 +143,60 @@ class TargetProber:
         return probes
 
     async def _probe(self, target: Target, into: TargetProbe, until: Deadline) -> None:
-        async def tls() -> None:
-            into.tls = await until.bound(
-                lambda: self._tls.probe(
-                    target.ip, target.port, target.sni, until.remaining_s()
-                ),
-                lambda failure: _failed_tls(target, failure),
-                what="a TLS probe",
-            )
-            if into.tls.chain:
+        connection = self._connect(target)
+        try:
+            await self._probe_through(connection, target, into, until)
+        finally:
+            connection.close()
+
+    async def _probe_through(
+        self,
+        connection: TargetConnection,
+        target: Target,
+        into: TargetProbe,
+        until: Deadline,
+    ) -> None:
+        # The handshake first: the requests ride its connection.
+        into.tls = await until.bound(
+            lambda: connection.handshake(until.remaining_s()),
+            lambda failure: _failed_tls(target, failure),
+            what="a TLS probe",
+        )
+
+        async def issuers() -> None:
+            if into.tls is not None and into.tls.chain:
                 await self._look_up_issuers(into.tls.chain, into, until)
 
         async def endpoint(path: str) -> HttpResult:
-            return await bounded_get(
-                self._http,
-                endpoint_url(target, path),
-                until,
-                connect_to=(target.ip, target.port),
-                host_header=target.host_header,
-                sni=target.sni,
-                # The chain is judged by tls.certificate; here we want to see
-                # what answers behind it, as a peer would if it trusted it.
-                verify_tls=False,
+            url = endpoint_url(target, path)
+
+            def failed(failure: BoundFailure) -> HttpResult:
+                return failed_get(url, target.host_header, target.sni, failure)
+
+            return await until.bound(
+                lambda: connection.get(
+                    url, host_header=target.host_header, timeout=until.remaining_s()
+                ),
+                failed,
+                what="an HTTP request",
             )
 
         async def version() -> None:
             into.version = await endpoint(VERSION_PATH)
 
-        async def keys() -> None:
+        async def requests() -> None:
+            # One request at a time keeps one connection; but a version
+            # endpoint that hangs must not cost the keys their answer, so
+            # after a while the keys request takes a connection of its own.
+            asking_version = spawn(version())
+            await _settled_or_after(
+                asking_version, until.remaining_s() * KEYS_WAIT_SHARE, until.clock
+            )
             into.keys = await endpoint(KEYS_PATH)
+            await asking_version
 
         await defer.gatherResults(
-            [spawn(c) for c in (tls(), version(), keys())],
+            [spawn(c) for c in (issuers(), requests())],
             consumeErrors=True,
         )
 
@@ -148,6 +233,30 @@ class TargetProber:
         waiter: defer.Deferred[IssuerFetch] = defer.Deferred()
         self._fetched[url].addCallback(_hand_to, waiter)
         return waiter
+
+
+def _settled_or_after(
+    d: defer.Deferred[Any], seconds: float, clock: Clock
+) -> defer.Deferred[None]:
+    """Fires when `d` has a result or after `seconds`, whichever is first;
+    `d` keeps its result."""
+    timer: Any = None
+
+    def _cancel(_: defer.Deferred[None]) -> None:
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    out: defer.Deferred[None] = defer.Deferred(_cancel)
+
+    def _fire(result: object = None) -> object:
+        if not out.called:
+            _cancel(out)
+            out.callback(None)
+        return result
+
+    timer = clock.callLater(max(0.0, seconds), _fire)
+    d.addBoth(_fire)
+    return out
 
 
 def _hand_to(result: IssuerFetch, waiter: defer.Deferred[IssuerFetch]) -> IssuerFetch:

@@ -386,19 +386,28 @@ async def bounded_get(
     """`http.get` cut at `until`: a timeout or a bug is an error `HttpResult`."""
 
     def failed(failure: BoundFailure) -> HttpResult:
-        timed_out = failure.kind == "timeout"
-        return HttpResult(
-            url=url,
-            host_header=kwargs.get("host_header") or "",
-            sni=kwargs.get("sni") or "",
-            error=ProbeError.TIMEOUT if timed_out else ProbeError.ERROR,
-            error_message="timed out" if timed_out else "unexpected error",
+        return failed_get(
+            url, kwargs.get("host_header") or "", kwargs.get("sni") or "", failure
         )
 
     return await until.bound(
         lambda: http.get(url, timeout=until.remaining_s(), **kwargs),
         failed,
         what="an HTTP request",
+    )
+
+
+def failed_get(
+    url: str, host_header: str, sni: str, failure: BoundFailure
+) -> HttpResult:
+    """The `HttpResult` of a request cut short by its deadline (or a bug)."""
+    timed_out = failure.kind == "timeout"
+    return HttpResult(
+        url=url,
+        host_header=host_header,
+        sni=sni,
+        error=ProbeError.TIMEOUT if timed_out else ProbeError.ERROR,
+        error_message="timed out" if timed_out else "unexpected error",
     )
 
 

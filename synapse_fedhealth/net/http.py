@@ -59,9 +59,12 @@ from synapse_fedhealth.net.results import HttpResult as HttpResult
 from synapse_fedhealth.net.results import RedirectHop as RedirectHop
 from synapse_fedhealth.net.tls import (
     CertificateRejected,
+    KeptTlsConnection,
     PeerChainRecorder,
     RecordingConnectionCreator,
+    TlsProbeResult,
     TrustStore,
+    TwistedTlsProber,
     classify_connect_error,
 )
 from synapse_fedhealth.remote_text import clean_line
@@ -368,6 +371,38 @@ class ProbeHttpClient:
         extra_headers: Mapping[str, str] | None = None,
         body: bytes | None = None,
     ) -> defer.Deferred[HttpResult]:
+        return self._start(
+            url,
+            connect_to=connect_to,
+            host_header=host_header,
+            sni=sni,
+            max_bytes=max_bytes,
+            timeout=timeout,
+            follow_redirects=follow_redirects,
+            verify_tls=verify_tls,
+            spec=_RequestSpec(method, dict(extra_headers or {}), body),
+        )
+
+    def pinned_target(
+        self, tls: TwistedTlsProber, ip: str, port: int, sni: str
+    ) -> PinnedTarget:
+        """One target's connection, shared by its TLS probe and requests."""
+        return PinnedTarget(self, tls, ip, port, sni)
+
+    def _start(
+        self,
+        url: str,
+        *,
+        connect_to: tuple[str, int] | None,
+        host_header: str | None,
+        sni: str | None,
+        max_bytes: int,
+        timeout: float,
+        follow_redirects: bool,
+        verify_tls: bool,
+        spec: _RequestSpec,
+        via: _PinnedConnection | None = None,
+    ) -> defer.Deferred[HttpResult]:
         parsed = urllib.parse.urlsplit(url)
         host_header = host_header if host_header is not None else parsed.netloc
         sni = sni if sni is not None else (parsed.hostname or "")
@@ -385,7 +420,8 @@ class ProbeHttpClient:
                 deadline,
                 follow_redirects,
                 verify_tls,
-                _RequestSpec(method, dict(extra_headers or {}), body),
+                spec,
+                via,
             )
         )
         fetching.addTimeout(max(0.0, timeout), self._reactor)
@@ -417,6 +453,7 @@ class ProbeHttpClient:
         follow_redirects: bool,
         verify_tls: bool,
         spec: _RequestSpec | None = None,
+        via: _PinnedConnection | None = None,
     ) -> HttpResult:
         spec = spec or _RequestSpec("GET", {}, None)
         url = base.url
@@ -445,9 +482,13 @@ class ProbeHttpClient:
                     for ip, _ in addresses
                 )
             connect_to = None  # only the first hop is pinned
-            response = await self._send(
-                url, addresses, host_header, sni, spec, state, verify_tls
-            )
+            if via is not None:
+                response = await self._send_via(via, url, host_header, spec, state)
+                via = None
+            else:
+                response = await self._send(
+                    url, addresses, host_header, sni, spec, state, verify_tls
+                )
             status = int(response.code)
             if follow_redirects and spec.method == "GET" and status in REDIRECT_CODES:
                 url = _redirect_target(url, status, response, state, visited)
@@ -488,7 +529,34 @@ class ProbeHttpClient:
         endpoint = _FirstReachableEndpoint(
             self._reactor, addresses, creator, _connected
         )
-        agent: Any = self._make_agent(endpoint)
+        return await self._request(self._make_agent(endpoint), url, host_header, spec)
+
+    async def _send_via(
+        self,
+        via: _PinnedConnection,
+        url: str,
+        host_header: str | None,
+        spec: _RequestSpec,
+        state: _FetchState,
+    ) -> Any:
+        """One request over `via`'s connection (or a new one to the same
+        address if the server closed it)."""
+        agent: Any = (
+            self._agent_factory(via.endpoint)
+            if self._agent_factory is not None
+            else Agent.usingEndpointFactory(
+                self._reactor, _FixedEndpointFactory(via.endpoint), pool=via.pool
+            )
+        )
+        response = await self._request(agent, url, host_header, spec)
+        # The request may have ridden a connection made for an earlier one.
+        state.connected_to = via.address
+        state.recorder = via.endpoint.recorder
+        return response
+
+    async def _request(
+        self, agent: Any, url: str, host_header: str | None, spec: _RequestSpec
+    ) -> Any:
         headers = Headers(
             {b"User-Agent": [self._user_agent.encode("latin-1", "replace")]}
         )
@@ -550,6 +618,141 @@ class ProbeHttpClient:
                 f"{host} resolves only to addresses we never connect to: {', '.join(candidates)}"
             )
         return [(a, port) for a in safe[:MAX_ADDRESSES_TRIED]]
+
+
+@implementer(IStreamClientEndpoint)
+class _AdoptingEndpoint:
+    """Connects to one address: the first time through the probe's kept
+    connection if it is still open, else with a handshake of its own (no
+    verification: the target's chain is judged from the probe)."""
+
+    def __init__(self, reactor: Any, ip: str, port: int, sni: str) -> None:
+        self._reactor = reactor
+        self._address = (ip, port)
+        self._sni = sni
+        self._kept: KeptTlsConnection | None = None
+        # The handshake of the connection the latest request rode.
+        self.recorder = PeerChainRecorder()
+        self.connections = 0  # connections made or adopted
+        self._made: list[Any] = []  # their HTTP client protocols
+
+    def offer(self, kept: KeptTlsConnection | None) -> None:
+        self._kept = kept
+        if kept is not None:
+            self.recorder = kept.recorder
+
+    def discard(self) -> None:
+        """Drop every connection at once: the kept one if nobody took it,
+        and those the requests rode (a TLS close would wait for the peer)."""
+        if self._kept is not None:
+            self._kept.close()
+            self._kept = None
+        for protocol in self._made:
+            transport = protocol.transport
+            if transport is not None and protocol.state != "CONNECTION_LOST":
+                transport.abortConnection()
+        self._made.clear()
+
+    def connect(self, protocolFactory: Any) -> defer.Deferred[Any]:
+        self.connections += 1
+        kept, self._kept = self._kept, None
+        if kept is not None and kept.usable:
+            protocol = kept.adopt(protocolFactory)
+            self._made.append(protocol)
+            return defer.succeed(protocol)
+        recorder = PeerChainRecorder()
+        self.recorder = recorder
+        creator = RecordingConnectionCreator(self._sni, recorder)
+        fresh = _FirstReachableEndpoint(
+            self._reactor, [self._address], creator, lambda address: None
+        )
+        connecting = fresh.connect(protocolFactory)
+
+        def made(protocol: Any) -> Any:
+            self._made.append(protocol)
+            return protocol
+
+        return connecting.addCallback(made)
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class _PinnedConnection:
+    address: str
+    endpoint: _AdoptingEndpoint
+    pool: HTTPConnectionPool
+
+
+class PinnedTarget:
+    """One target (address, port, SNI) and the one TLS connection its probes
+    share: the handshake probe's connection is kept, and the requests ride
+    it one after another (HTTP/1.1 keep-alive), as a peer's connection pool
+    does. A request made while the connection is busy, or after the server
+    closed it, gets a connection of its own. `close` drops what is left."""
+
+    def __init__(
+        self,
+        client: ProbeHttpClient,
+        tls: TwistedTlsProber,
+        ip: str,
+        port: int,
+        sni: str,
+    ) -> None:
+        self._client = client
+        self._tls = tls
+        self._ip, self._port, self._sni = ip, port, sni
+        reactor = client._reactor
+        pool = _HeadBoundedPool(reactor, persistent=True)  # type: ignore[no-untyped-call]
+        pool.maxPersistentPerHost = 1
+        endpoint = _AdoptingEndpoint(reactor, ip, port, sni)
+        self._via = _PinnedConnection(format_address(ip, port), endpoint, pool)
+        self._closed = False
+
+    @property
+    def connections(self) -> int:
+        """How many connections the requests made or adopted."""
+        return self._via.endpoint.connections
+
+    def handshake(self, timeout: float) -> defer.Deferred[TlsProbeResult]:
+        probing = self._tls.probe_and_keep(self._ip, self._port, self._sni, timeout)
+
+        def keep(
+            outcome: tuple[TlsProbeResult, KeptTlsConnection | None],
+        ) -> TlsProbeResult:
+            result, kept = outcome
+            if self._closed:
+                if kept is not None:
+                    kept.close()
+            else:
+                self._via.endpoint.offer(kept)
+            return result
+
+        return probing.addCallback(keep)
+
+    def get(
+        self,
+        url: str,
+        *,
+        host_header: str,
+        timeout: float,
+        max_bytes: int = DEFAULT_MAX_BODY_SIZE,
+    ) -> defer.Deferred[HttpResult]:
+        return self._client._start(
+            url,
+            connect_to=(self._ip, self._port),
+            host_header=host_header,
+            sni=self._sni,
+            max_bytes=max_bytes,
+            timeout=timeout,
+            follow_redirects=False,
+            verify_tls=False,
+            spec=_RequestSpec("GET", {}, None),
+            via=self._via,
+        )
+
+    def close(self) -> None:
+        self._closed = True
+        self._via.endpoint.discard()
+        self._via.pool.closeCachedConnections()
 
 
 def _public_only(

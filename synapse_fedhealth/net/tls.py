@@ -13,6 +13,7 @@ import hashlib
 import os
 import ssl
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
@@ -268,9 +269,23 @@ def _verify(
     extra: Sequence[x509.Certificate] = (),
 ) -> tuple[int, str, tuple[x509.Certificate, ...]]:
     """(OpenSSL error code or 0, its message, the verified chain)."""
+    return _verify_in_store(trust.store, tuple(chain), tuple(extra))
+
+
+# Every address of a server serves the same chain, and each is verified
+# when probed and again when judged: the same question, answered once.
+# OpenSSL's answer depends only on the store and the certificates (dates are
+# judged by the callers), and a store is rebuilt, so a new key, when its
+# files change.
+@functools.lru_cache(maxsize=64)
+def _verify_in_store(
+    store: crypto.X509Store,
+    chain: tuple[x509.Certificate, ...],
+    extra: tuple[x509.Certificate, ...],
+) -> tuple[int, str, tuple[x509.Certificate, ...]]:
     leaf = crypto.X509.from_cryptography(chain[0])
     intermediates = [crypto.X509.from_cryptography(c) for c in (*chain[1:], *extra)]
-    context = crypto.X509StoreContext(trust.store, leaf, intermediates)
+    context = crypto.X509StoreContext(store, leaf, intermediates)
     try:
         verified = context.get_verified_chain()
     except crypto.X509StoreContextError as e:
@@ -420,6 +435,25 @@ def verify_chain(
 ) -> CertVerification:
     """Verify `chain` (leaf first, as served) for `name` against `trust`, with
     every date judged at `now`; `issuers` as in `check_chain`."""
+    return _verify_chain_once(
+        tuple(chain),
+        name,
+        trust,
+        now,
+        tuple(issuers) if issuers is not None else None,
+    )
+
+
+# A run judges every address at the same `now`, and they serve the same
+# chain: one verdict for all of them.
+@functools.lru_cache(maxsize=32)
+def _verify_chain_once(
+    chain: tuple[x509.Certificate, ...],
+    name: str,
+    trust: TrustStore,
+    now: float,
+    issuers: tuple[IssuerFetch, ...] | None,
+) -> CertVerification:
     leaf = chain[0]
     problems: list[tuple[str, str]] = []
 
@@ -602,6 +636,26 @@ def _record(conn: SSL.Connection, recorder: PeerChainRecorder) -> None:
     recorder.cipher = conn.get_cipher_name()
 
 
+# Which creator made each live connection: the context, and so its info
+# callback, is shared (building one costs more than a connection does).
+_creators: weakref.WeakKeyDictionary[SSL.Connection, RecordingConnectionCreator] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _on_info(conn: SSL.Connection, where: int, ret: int) -> None:
+    creator = _creators.get(conn)
+    if creator is not None:
+        creator._info_callback(conn, where, ret)
+
+
+@functools.cache
+def _shared_context() -> SSL.Context:
+    ctx = _make_context()
+    ctx.set_info_callback(_on_info)
+    return ctx
+
+
 @implementer(IOpenSSLClientConnectionCreator)
 class RecordingConnectionCreator:
     """Handshakes with SNI `name`, accepts any chain and records it.
@@ -622,11 +676,10 @@ class RecordingConnectionCreator:
         self._sni = sni_for(name)
         self._recorder = recorder
         self._trust = verify_with
-        self._ctx = _make_context()
-        self._ctx.set_info_callback(self._info_callback)
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        conn = SSL.Connection(self._ctx, None)
+        conn = SSL.Connection(_shared_context(), None)
+        _creators[conn] = self
         conn.set_app_data(tlsProtocol)
         if self._sni is not None:
             conn.set_tlsext_host_name(self._sni)
@@ -692,21 +745,63 @@ def classify_connect_error(exc: BaseException) -> ConnectOutcome:
 
 @implementer(IHandshakeListener)
 class _HandshakeWatcher(TwistedProtocol):
-    def __init__(self, done: defer.Deferred[None]) -> None:
+    """Waits for the handshake; then closes the connection, or with `keep`
+    leaves it open for a `KeptTlsConnection` to hand over."""
+
+    def __init__(self, done: defer.Deferred[None], *, keep: bool = False) -> None:
         self._done = done
+        self._keep = keep
+        self.lost = False
 
     def handshakeCompleted(self) -> None:
         if not self._done.called:
             self._done.callback(None)
-        transport: Any = self.transport
-        transport.loseConnection()
+        if not self._keep:
+            transport: Any = self.transport
+            transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
         pass
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+        self.lost = True
         if not self._done.called:
             self._done.errback(reason)
+
+
+class KeptTlsConnection:
+    """A probe's connection after its handshake, kept open so that the
+    requests to the same target ride it instead of handshaking again.
+
+    `adopt` hands it to an HTTP client protocol once; `close` drops it if
+    nobody took it."""
+
+    def __init__(
+        self, tls_protocol: Any, watcher: _HandshakeWatcher, recorder: PeerChainRecorder
+    ) -> None:
+        self._tls = tls_protocol
+        self._watcher = watcher
+        self.recorder = recorder
+        self._taken = False
+
+    @property
+    def usable(self) -> bool:
+        return not self._taken and not self._watcher.lost
+
+    def adopt(self, factory: Any) -> Any:
+        """The protocol `factory` builds, connected to this TLS connection
+        (from now on it gets what the server sends)."""
+        assert self.usable
+        self._taken = True
+        protocol = factory.buildProtocol(self._tls.getPeer())
+        self._tls.wrappedProtocol = protocol
+        protocol.makeConnection(self._tls)
+        return protocol
+
+    def close(self) -> None:
+        if self.usable:
+            self._taken = True
+            self._tls.transport.abortConnection()
 
 
 class TwistedTlsProber:
@@ -718,17 +813,31 @@ class TwistedTlsProber:
     def probe(
         self, ip: str, port: int, sni: str, timeout: float
     ) -> defer.Deferred[TlsProbeResult]:
-        return defer.Deferred.fromCoroutine(self._probe(ip, port, sni, timeout))
+        async def probe() -> TlsProbeResult:
+            result, _ = await self._probe(ip, port, sni, timeout, keep=False)
+            return result
+
+        return defer.Deferred.fromCoroutine(probe())
+
+    def probe_and_keep(
+        self, ip: str, port: int, sni: str, timeout: float
+    ) -> defer.Deferred[tuple[TlsProbeResult, KeptTlsConnection | None]]:
+        """`probe`, and the connection itself when the handshake succeeded:
+        the caller must `adopt` or `close` it."""
+        return defer.Deferred.fromCoroutine(
+            self._probe(ip, port, sni, timeout, keep=True)
+        )
 
     async def _probe(
-        self, ip: str, port: int, sni: str, timeout: float
-    ) -> TlsProbeResult:
+        self, ip: str, port: int, sni: str, timeout: float, *, keep: bool
+    ) -> tuple[TlsProbeResult, KeptTlsConnection | None]:
         deadline = self._reactor.seconds() + timeout
         recorder = PeerChainRecorder()
         done: defer.Deferred[None] = defer.Deferred()
         # (Typed as Any: mypy can't see zope's @implementer.)
         creator: Any = RecordingConnectionCreator(sni, recorder)
-        watcher_factory: Any = Factory.forProtocol(lambda: _HandshakeWatcher(done))
+        watcher = _HandshakeWatcher(done, keep=keep)
+        watcher_factory: Any = Factory.forProtocol(lambda: watcher)
         factory: Any = TLSMemoryBIOFactory(creator, True, watcher_factory)
         endpoint_cls = TCP6ClientEndpoint if ":" in ip else TCP4ClientEndpoint
         endpoint: Any = endpoint_cls(
@@ -747,7 +856,7 @@ class TwistedTlsProber:
                 if isinstance(e, error.ConnectingCancelledError)
                 else _describe(e)
             )
-            return attr.evolve(base, connect=outcome, connect_error=message)
+            return attr.evolve(base, connect=outcome, connect_error=message), None
         connect_ms = (self._reactor.seconds() - started) * 1000
         base = attr.evolve(base, connect_ms=round(connect_ms, 1))
         remaining = max(0.0, deadline - self._reactor.seconds())
@@ -778,20 +887,22 @@ class TwistedTlsProber:
                 base,
                 handshake=HandshakeOutcome.TIMEOUT,
                 handshake_error="the TLS handshake timed out",
-            )
+            ), None
         except Exception as e:
             return attr.evolve(
                 base,
                 handshake=HandshakeOutcome.FAILED,
                 handshake_error=_describe_tls_error(e),
-            )
-        return attr.evolve(
+            ), None
+        result = attr.evolve(
             base,
             handshake=HandshakeOutcome.OK,
             protocol=recorder.protocol,
             cipher=recorder.cipher,
             chain=recorder.chain,
         )
+        kept = KeptTlsConnection(tls_protocol, watcher, recorder) if keep else None
+        return result, kept
 
 
 def _describe(e: BaseException) -> str:

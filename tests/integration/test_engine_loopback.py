@@ -133,6 +133,19 @@ class FederationResource(Resource):
         return b'{"errcode": "M_UNRECOGNIZED"}'
 
 
+class CountingSite(Site):
+    """A Site that notes the address of each connection it accepts."""
+
+    def __init__(self, resource: Resource, accepted: list[str], ip: str) -> None:
+        super().__init__(resource)
+        self.accepted = accepted
+        self.ip = ip
+
+    def buildProtocol(self, addr: Any) -> Any:
+        self.accepted.append(self.ip)
+        return super().buildProtocol(addr)
+
+
 async def run_engine(
     server_name: str,
     dns_server: ZoneDnsServer,
@@ -178,6 +191,27 @@ class EngineLoopbackTest(unittest.TestCase):
         port = listener.listenSSL(0, site, key.options(), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         return int(port.getHost().port)
+
+    def serve_counting_connections(
+        self, server_name: str, cert_names: list[str], ips: list[str]
+    ) -> tuple[int, list[str]]:
+        """`serve_tls` on each of `ips` (one port), as `server_name:PORT`;
+        the list fills with the address of each connection accepted."""
+        leaf = self.ca.issue_cert(*cert_names)
+        key = ssl.PrivateCertificate.loadPEM(
+            leaf.private_key_and_cert_chain_pem.bytes()
+        )
+        accepted: list[str] = []
+        resource = FederationResource(server_name)
+        listener: Any = reactor
+        port = 0
+        for ip in ips:
+            site = CountingSite(resource, accepted, ip)
+            listening = listener.listenSSL(port, site, key.options(), interface=ip)
+            self.addCleanup(listening.stopListening)
+            port = int(listening.getHost().port)
+        resource.server_name = f"{server_name}:{port}"
+        return port, accepted
 
     def dns(self, zone: Zone) -> ZoneDnsServer:
         server = ZoneDnsServer(zone)
@@ -273,3 +307,19 @@ class EngineLoopbackTest(unittest.TestCase):
         reasons = {c.id: c.details.get("reason") for c in findings.checks}
         assert reasons["discovery.srv"] == "timeout"
         assert reasons["discovery.well_known"] == "timeout"
+
+    async def test_one_connection_per_target(self) -> None:
+        """The TLS probe, the version and the keys of a target share one
+        connection, and every target is probed."""
+        ips = ["127.0.0.1", "127.0.0.3", "127.0.0.4"]
+        port, accepted = self.serve_counting_connections(
+            "pooled.test", ["pooled.test"], ips
+        )
+        server = self.dns({("pooled.test", "A"): ips})
+        findings = await self.run_engine(f"pooled.test:{port}", server)
+        get = self.by_id(findings)
+        for check_id in ("tls.handshake", "federation.version", "federation.keys"):
+            results = get(check_id)
+            assert len(results) == len(ips), results
+            assert all(r.status is Status.OK for r in results), results
+        assert sorted(accepted) == sorted(ips), accepted
