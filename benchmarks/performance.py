@@ -47,6 +47,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -643,11 +644,12 @@ def profile_runs(world: BenchWorld, directory: Path, runs: int) -> list[Row]:
         return []
     directory.mkdir(parents=True, exist_ok=True)
     out = directory / f"synapse-{world.addresses}-targets.speedscope.json"
+    log = open(directory / "py-spy.log", "wb")  # closed below
     recorder = subprocess.Popen(
         [py_spy, "record", "--pid", str(world.pid), "--rate", "250", "--nonblocking",
          "--format", "speedscope", "--output", str(out)],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
     )  # fmt: skip
     try:
         time.sleep(1.0)  # py-spy attaches
@@ -661,29 +663,32 @@ def profile_runs(world: BenchWorld, directory: Path, runs: int) -> list[Row]:
         except subprocess.TimeoutExpired:
             recorder.kill()
             recorder.wait(10)
+        log.close()
     if not out.exists():
-        err = recorder.stderr.read().decode(errors="replace") if recorder.stderr else ""
+        err = (directory / "py-spy.log").read_text(errors="replace")
         print(f"py-spy wrote no profile: {err[-500:]}", file=sys.stderr)
         return []
     summary = summarise_speedscope(json.loads(out.read_text(encoding="utf-8")))
     text = (
         f"py-spy of the benchmark Synapse during {runs} full runs with "
-        f"{world.addresses} A records ({wall_s:.1f} s, {summary.samples} samples "
-        f"of CPU, idle left out), generated {_now()} by benchmarks/performance.py.\n"
+        f"{world.addresses} A records: {wall_s:.1f} s of wall time, in which py-spy "
+        f"saw {summary.cpu_s:.1f} s of busy samples over all threads (idle left "
+        f"out; {summary.samples} distinct stacks). Generated {_now()} by "
+        "benchmarks/performance.py --profile.\n"
         f"Profile: {out}\n\n" + summary.text()
     )
     (directory / "SUMMARY.txt").write_text(text, encoding="utf-8")
     print(text)
     return [
-        Row(2, f"CPU samples of Synapse during {runs} profiled runs ({world.addresses} targets)",
-            summary.samples / wall_s / 250 * 100, "%",
-            note=f"profile in {directory.name}/, {summary.samples} samples at 250 Hz"),
+        Row(2, f"Synapse busy (py-spy, all threads) during {runs} profiled runs ({world.addresses} targets)",
+            summary.cpu_s / wall_s * 100, "%", note=f"profile in {out}"),
     ]  # fmt: skip
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
 class ProfileSummary:
     samples: int
+    cpu_s: float  # py-spy's weights are seconds of samples (idle left out)
     own: list[tuple[str, float]]  # frame, share of samples (0..1), most first
     total: list[tuple[str, float]]
 
@@ -707,26 +712,28 @@ def summarise_speedscope(data: dict[str, Any]) -> ProfileSummary:
     ]
     own: dict[str, float] = {}
     total: dict[str, float] = {}
-    samples = 0.0
+    samples = 0
+    weight_sum = 0.0
     for profile in data.get("profiles", []):
         weights = profile.get("weights") or [1] * len(profile.get("samples", []))
         for stack, weight in zip(profile.get("samples", []), weights, strict=False):
             if not stack:
                 continue
-            samples += weight
+            samples += 1
+            weight_sum += weight
             leaf = names[stack[-1]]
             own[leaf] = own.get(leaf, 0.0) + weight
             for name in {names[i] for i in stack}:
                 total[name] = total.get(name, 0.0) + weight
-    if not samples:
-        return ProfileSummary(0, [], [])
+    if not samples or weight_sum <= 0:
+        return ProfileSummary(0, 0.0, [], [])
 
     def ranked(table: dict[str, float]) -> list[tuple[str, float]]:
         return sorted(
-            ((k, v / samples) for k, v in table.items()), key=lambda kv: -kv[1]
+            ((k, v / weight_sum) for k, v in table.items()), key=lambda kv: -kv[1]
         )
 
-    return ProfileSummary(int(samples), ranked(own), ranked(total))
+    return ProfileSummary(samples, weight_sum, ranked(own), ranked(total))
 
 
 def _short_path(path: str) -> str:
@@ -764,6 +771,7 @@ def machine() -> dict[str, Any]:
         capture_output=True, text=True, check=False,
     ).stdout.strip()  # fmt: skip
     return {
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         "nproc": os.cpu_count(),
         "cpu": model,
         "python": platform.python_version(),
@@ -795,7 +803,13 @@ def run(items: Sequence[int], reps: Reps, profile_dir: Path | None) -> list[Row]
             # Memory first, on a Synapse that has done nothing else yet.
             for item in sorted(world_items, key=lambda i: (i != 5, i)):
                 began = time.monotonic()
-                found = steps[item]()
+                try:
+                    found = steps[item]()
+                except Exception as e:  # the other items still run
+                    traceback.print_exc()
+                    found = [
+                        Row(item, f"item {item} failed: {e!r}"[:200], math.nan, "")
+                    ]
                 rows += found
                 print(f"item {item}: {time.monotonic() - began:.0f} s", file=sys.stderr)
                 print(render_markdown(found), file=sys.stderr)
@@ -840,13 +854,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("the lab needs root (DNS on port 53, nginx on :443, nftables)")
     reps = Reps.of(args.quick)
     began = time.monotonic()
+    info = machine()
     rows = run(items, reps, args.profile)
+    info["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     options = " ".join(
         part
         for part in (f"--only {args.only}" if args.only else "", "--quick" if args.quick else "")
         if part
     )  # fmt: skip
-    info = machine()
     info["wall_s"] = round(time.monotonic() - began)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(
@@ -869,6 +884,11 @@ def _header(info: dict[str, Any], options: str) -> str:
         f"Python {info['python']}, Synapse {info['synapse']}"
         + (f", `{options}`" if options else "")
         + (f", {info['wall_s']} s" if "wall_s" in info else "")
+        + (
+            f", load average {info['loadavg_at_start'][0]:g} at the start"
+            if "loadavg_at_start" in info
+            else ""
+        )
         + "\n"
     )
 

@@ -131,13 +131,15 @@ class ReactorLag:
         self._loop = None
 
     def stats(self) -> dict[str, Any]:
+        # None rather than NaN when there is no tick yet: Synapse's JSON
+        # encoder refuses NaN.
         lags = list(self.lags_ms)
         return {
             "running": self._loop is not None,
             "count": len(lags),
-            "p50_ms": round(percentile(lags, 0.50), 3),
-            "p99_ms": round(percentile(lags, 0.99), 3),
-            "max_ms": round(max(lags), 3) if lags else float("nan"),
+            "p50_ms": round(percentile(lags, 0.50), 3) if lags else None,
+            "p99_ms": round(percentile(lags, 0.99), 3) if lags else None,
+            "max_ms": round(max(lags), 3) if lags else None,
         }
 
 
