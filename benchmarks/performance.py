@@ -695,6 +695,14 @@ class ProfileSummary:
     def text(self, top: int = 10) -> str:
         lines = [f"Top {top} frames by own time (share of CPU samples):"]
         lines += [f"  {share * 100:5.1f} %  {frame}" for frame, share in self.own[:top]]
+        ours = [(f, v) for f, v in self.total if "synapse_fedhealth/" in f]
+        lines += [
+            "",
+            f"Top {top * 2} frames of synapse_fedhealth by total time (inclusive):",
+        ]
+        lines += [
+            f"  {share * 100:5.1f} %  {frame}" for frame, share in ours[: top * 2]
+        ]
         lines += ["", f"Top {top * 2} frames by total time (inclusive):"]
         lines += [
             f"  {share * 100:5.1f} %  {frame}" for frame, share in self.total[: top * 2]
