@@ -94,6 +94,7 @@ HEALTH_POLL_S = 0.02
 LOAD_CONNECTIONS = 8
 ITEMS = (1, 2, 3, 4, 5, 6)
 MB = 1024 * 1024
+RATELIMITED_RE = re.compile(r"Ratelimiter\(\S+\): queueing request")
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -202,7 +203,9 @@ class BenchWorld:
     """The lab (DNS on 127.x:53, CA, nginx) and one Synapse with the module
     and the probe module behind nginx, serving `SERVER_NAME` on `n` addresses."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self, directory: Path, synapse_config: dict[str, Any] | None = None
+    ) -> None:
         self.lab = Lab(directory / "lab")
         self.cert = self.lab.cert(SERVER_NAME)
         port = free_port()
@@ -219,6 +222,7 @@ class BenchWorld:
                 {"module": PROBE_MODULE, "config": {}},
                 {"module": MODULE, "config": module_config},
             ],
+            **(synapse_config or {}),
         }
         # The peer's wrapper gives Synapse's own resolver (the agent of item
         # 1) the lab's DNS; the module uses `dns_servers` either way.
@@ -319,6 +323,17 @@ class BenchWorld:
             raise RuntimeError(f"{AGENT_PATH}: {response.status} {response.text[:500]}")
         return float(body["ms"])
 
+    def log_offset(self) -> int:
+        return len(self.synapse.process.log_text())
+
+    def ratelimited_since(self, offset: int) -> int:
+        """How many requests Synapse's federation ratelimiter queued since
+        `offset` of its log (its sleeps are logged at DEBUG only). The
+        module's signed requests come from our own server name, so they share
+        one origin's budget (`rc_federation`)."""
+        text = self.synapse.process.log_text()[offset:]
+        return len(RATELIMITED_RE.findall(text))
+
     def lag(self, action: str) -> dict[str, Any]:
         response = http_request(f"{self.base_url}{LAG_PATH}?action={action}")
         if response.status != 200:
@@ -381,13 +396,16 @@ def item_2_scaling(
     for n in SCALES:
         world.serve(n)
         world.run()  # warm-up
+        offset = world.log_offset()
         durations, walls, reports = _runs(world, reps.runs)
         by_scale[n] = median(durations)
         probed = _targets(reports[-1])
+        limited = world.ratelimited_since(offset) / max(1, reps.runs)
         rows.append(
             Row(2, f"full run, {n} A records: duration_ms (median)", by_scale[n], "ms",
                 note=f"wall {median(walls):.0f} ms, {probed} targets probed, "
-                f"verdict {_verdict(reports[-1])}")
+                f"verdict {_verdict(reports[-1])}, Synapse's federation "
+                f"ratelimiter queued {limited:.1f} requests per run")
         )  # fmt: skip
         if n == SCALES[-1] and profile_dir is not None:
             rows += profile_runs(world, profile_dir, reps.runs * 2)
@@ -793,11 +811,16 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def run(items: Sequence[int], reps: Reps, profile_dir: Path | None) -> list[Row]:
+def run(
+    items: Sequence[int],
+    reps: Reps,
+    profile_dir: Path | None,
+    synapse_config: dict[str, Any] | None = None,
+) -> list[Row]:
     rows: list[Row] = []
     world_items = [i for i in items if i != 5] + ([5] if 5 in items else [])
     with tempfile.TemporaryDirectory(prefix="fedhealth-perf-") as tmp:
-        world = BenchWorld(Path(tmp))
+        world = BenchWorld(Path(tmp), synapse_config)
         try:
             world.start()
             steps: dict[int, Callable[[], list[Row]]] = {
@@ -839,6 +862,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="py-spy record of Synapse during item 2 (16 targets) into DIR",
     )
     parser.add_argument(
+        "--synapse-config",
+        type=json.loads,
+        metavar="JSON",
+        help="merged into the Synapse config, e.g. "
+        '\'{"rc_federation": {"concurrent": 100}}\'',
+    )
+    parser.add_argument(
         "--json", type=Path, default=DEFAULT_JSON, help="where to write the results"
     )
     parser.add_argument(
@@ -863,11 +893,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     reps = Reps.of(args.quick)
     began = time.monotonic()
     info = machine()
-    rows = run(items, reps, args.profile)
+    rows = run(items, reps, args.profile, args.synapse_config)
     info["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     options = " ".join(
         part
-        for part in (f"--only {args.only}" if args.only else "", "--quick" if args.quick else "")
+        for part in (f"--only {args.only}" if args.only else "", "--quick" if args.quick else "",
+                     f"--synapse-config '{json.dumps(args.synapse_config)}'" if args.synapse_config else "")
         if part
     )  # fmt: skip
     info["wall_s"] = round(time.monotonic() - began)
