@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import attr
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from tests.support.dns_server import NxDomainDnsServer
@@ -62,6 +64,52 @@ def _config(port: int, dns: NxDomainDnsServer | None) -> dict[str, Any]:
     return config
 
 
+VARIANTS = ("without the module", "with the module")
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class StartupSamples:
+    """Per variant: seconds from spawn to the first 200 from /health, and the
+    process's resident memory (bytes) at that moment."""
+
+    seconds: dict[str, list[float]]
+    rss_bytes: dict[str, list[int]]
+
+
+def rss_bytes(pid: int) -> int:
+    """VmRSS of `pid` from /proc (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def measure(n: int) -> StartupSamples:
+    """N interleaved timed starts of each variant, after one untimed warm-up
+    start of each (which creates the keys and the database)."""
+    samples = StartupSamples({v: [] for v in VARIANTS}, {v: [] for v in VARIANTS})
+    with NxDomainDnsServer() as dns, tempfile.TemporaryDirectory() as tmp:
+        variants = {
+            VARIANTS[0]: SynapseProcess(Path(tmp, "plain"), _config(free_port(), None)),
+            VARIANTS[1]: SynapseProcess(Path(tmp, "module"), _config(free_port(), dns)),
+        }
+        for process in variants.values():  # warm-up: keys and database schema
+            process.start()
+            process.stop()
+        for _ in range(n):
+            for name, process in variants.items():
+                process.start()
+                assert process.started_in_s is not None and process.process
+                samples.seconds[name].append(process.started_in_s)
+                samples.rss_bytes[name].append(rss_bytes(process.process.pid))
+                process.stop()
+    return samples
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0] if __doc__ else None
@@ -69,26 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-n", type=int, default=3, help="timed starts per variant")
     args = parser.parse_args(argv)
 
-    samples: dict[str, list[float]] = {"without the module": [], "with the module": []}
-    with NxDomainDnsServer() as dns, tempfile.TemporaryDirectory() as tmp:
-        variants = {
-            "without the module": SynapseProcess(
-                Path(tmp, "plain"), _config(free_port(), None)
-            ),
-            "with the module": SynapseProcess(
-                Path(tmp, "module"), _config(free_port(), dns)
-            ),
-        }
-        for process in variants.values():  # warm-up: keys and database schema
-            process.start()
-            process.stop()
-        for _ in range(args.n):
-            for name, process in variants.items():
-                process.start()
-                assert process.started_in_s is not None
-                samples[name].append(process.started_in_s)
-                process.stop()
-
+    samples = measure(args.n).seconds
     for name, values in samples.items():
         shown = ", ".join(f"{v:.2f}" for v in values)
         print(f"{name:>20}: median {statistics.median(values):.2f} s  ({shown})")

@@ -1,0 +1,170 @@
+"""A Synapse module for benchmarks/performance.py only: it measures, from
+inside the homeserver under test, what the benchmark compares the module
+against. Loaded through `modules:` as
+`tests.support.perf_probe_module.PerfProbeModule` (PYTHONPATH = the repo
+root); never part of the runtime package. No config.
+
+- `GET /_synapse/perfbench/agent_version?server=NAME`: builds a fresh
+  `MatrixFederationAgent` (its own connection pool, well-known cache, SRV
+  cache and TLS policy, so nothing is warm) the way Synapse's federation
+  client does, and times one `GET /_matrix/federation/v1/version` to NAME
+  through it: `{"ms": ..., "status": ..., "body": {...}}`.
+- `GET /_synapse/perfbench/lag?action=start|read|stop`: a 1 ms
+  `LoopingCall` on Synapse's reactor; `start` (re)starts it with no samples,
+  `read` and `stop` answer the lag of its ticks (how much later than 1 ms
+  after the previous tick each one ran) as p50/p99/max ms and a count.
+
+Unauthenticated: the benchmark's Synapse listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from synapse.http.server import DirectServeJsonResource
+from twisted.internet import task
+from twisted.web.client import readBody
+
+from tests.support.perf_stats import percentile
+
+if TYPE_CHECKING:
+    from synapse.http.site import SynapseRequest
+    from synapse.module_api import ModuleApi
+    from synapse.server import HomeServer
+
+AGENT_PATH = "/_synapse/perfbench/agent_version"
+LAG_PATH = "/_synapse/perfbench/lag"
+LAG_INTERVAL_S = 0.001
+# 10 minutes of 1 ms ticks at most: the benchmark reads within seconds.
+LAG_SAMPLES_MAX = 600_000
+AGENT_TIMEOUT_S = 30.0
+
+
+def _query_arg(request: SynapseRequest, name: str) -> str | None:
+    values = (request.args or {}).get(name.encode("ascii"))
+    return values[0].decode("utf-8") if values else None
+
+
+class AgentVersionResource(DirectServeJsonResource):
+    def __init__(self, hs: HomeServer) -> None:
+        super().__init__(clock=hs.get_clock())
+        self._hs = hs
+
+    async def _async_render_GET(self, request: SynapseRequest) -> tuple[int, Any]:
+        from synapse.crypto.context_factory import FederationPolicyForHTTPS
+        from synapse.http.federation.matrix_federation_agent import (
+            MatrixFederationAgent,
+        )
+        from synapse.http.federation.srv_resolver import SrvResolver
+        from twisted.names import client as names_client
+
+        server = _query_arg(request, "server")
+        if not server:
+            return 400, {"error": "?server=NAME is required"}
+        hs = self._hs
+        config = hs.config.server
+        # Building the agent is Synapse's start-up work, not the request's.
+        agent = MatrixFederationAgent(
+            server_name=hs.hostname,
+            reactor=hs.get_reactor(),
+            clock=hs.get_clock(),
+            tls_client_options_factory=FederationPolicyForHTTPS(hs.config),
+            user_agent=hs.version_string.encode("ascii"),
+            ip_allowlist=config.federation_ip_range_allowlist,
+            ip_blocklist=config.federation_ip_range_blocklist,
+            proxy_config=config.proxy_config,
+            # Twisted's default resolver chain has a cache of its own.
+            _srv_resolver=SrvResolver(
+                dns_client=names_client.createResolver(), cache={}
+            ),
+        )
+        # (The well-known resolver it builds has fresh caches of its own.)
+        began = time.perf_counter()
+        try:
+            response = await agent.request(
+                b"GET",
+                f"matrix-federation://{server}/_matrix/federation/v1/version".encode(),
+            ).addTimeout(AGENT_TIMEOUT_S, hs.get_reactor())
+            body = await readBody(response)
+            elapsed_ms = (time.perf_counter() - began) * 1000
+            status = response.code
+        finally:
+            await agent._pool.closeCachedConnections()
+        try:
+            parsed: Any = json.loads(body)
+        except ValueError:
+            parsed = body[:200].decode("utf-8", "replace")
+        return 200, {"ms": round(elapsed_ms, 3), "status": status, "body": parsed}
+
+
+class ReactorLag:
+    """Ticks every 1 ms on the reactor and keeps how late each tick was."""
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self._loop: task.LoopingCall | None = None
+        self._last = 0.0
+        self.lags_ms: collections.deque[float] = collections.deque(
+            maxlen=LAG_SAMPLES_MAX
+        )
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.lags_ms.append(max(0.0, (now - self._last - LAG_INTERVAL_S) * 1000))
+        self._last = now
+
+    def start(self) -> None:
+        self.stop()
+        self.lags_ms.clear()
+        loop = task.LoopingCall(self._tick)
+        loop.clock = self._reactor
+        self._last = time.perf_counter()
+        loop.start(LAG_INTERVAL_S, now=False)
+        self._loop = loop
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+
+    def stats(self) -> dict[str, Any]:
+        # None rather than NaN when there is no tick yet: Synapse's JSON
+        # encoder refuses NaN.
+        lags = list(self.lags_ms)
+        return {
+            "running": self._loop is not None,
+            "count": len(lags),
+            "p50_ms": round(percentile(lags, 0.50), 3) if lags else None,
+            "p99_ms": round(percentile(lags, 0.99), 3) if lags else None,
+            "max_ms": round(max(lags), 3) if lags else None,
+        }
+
+
+class LagResource(DirectServeJsonResource):
+    def __init__(self, hs: HomeServer) -> None:
+        super().__init__(clock=hs.get_clock())
+        self._lag = ReactorLag(hs.get_reactor())
+
+    async def _async_render_GET(self, request: SynapseRequest) -> tuple[int, Any]:
+        action = _query_arg(request, "action") or "read"
+        if action == "start":
+            self._lag.start()
+        elif action == "stop":
+            self._lag.stop()
+        elif action != "read":
+            return 400, {"error": "action: start, read or stop"}
+        return 200, self._lag.stats()
+
+
+class PerfProbeModule:
+    def __init__(self, config: dict[str, Any], api: ModuleApi) -> None:
+        hs: HomeServer = api._hs
+        api.register_web_resource(AGENT_PATH, AgentVersionResource(hs))
+        api.register_web_resource(LAG_PATH, LagResource(hs))
+
+    @staticmethod
+    def parse_config(config: dict[str, Any]) -> dict[str, Any]:
+        return config
