@@ -83,6 +83,18 @@ class TrustedKeyServerInfo:
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True, kw_only=True)
+class OriginRateLimit:
+    """What Synapse's `rc_federation` lets one origin server do: `sleep_limit`
+    requests per `window_ms` before it delays each (`sleep_delay`), and
+    `concurrent` at a time before it queues the rest (logging each one).
+    Defaults: Synapse's FederationRatelimitSettings."""
+
+    window_ms: int = 1000
+    sleep_limit: int = 10
+    concurrent: int = 3
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True, kw_only=True)
 class HomeserverSnapshot:
     server_name: str
     # None when public_baseurl is not set in the config (Synapse then assumes
@@ -111,6 +123,9 @@ class HomeserverSnapshot:
     # None where Synapse's ranges could not be read (they are then unknown,
     # not empty: nothing is judged by them).
     federation_ip_ranges: FederationIpRanges | None = None
+    # rc_federation: how many requests one origin may send before Synapse
+    # delays them; our signed probes are such an origin.
+    own_origin_limit: OriginRateLimit = OriginRateLimit()
     config_files: tuple[str, ...] = ()
 
     @property
@@ -251,8 +266,44 @@ def snapshot_from_synapse(config: HomeServerConfig) -> HomeserverSnapshot:
         key_refresh_interval_ms=config.key.key_refresh_interval,
         trusted_key_servers=_trusted_key_servers(config.key.key_servers),
         federation_ip_ranges=_federation_ip_ranges(config.server),
+        own_origin_limit=_origin_rate_limit(
+            getattr(getattr(config, "ratelimiting", None), "rc_federation", None)
+        ),
         config_files=tuple(config.config_files),
     )
+
+
+def _origin_rate_limit(settings: Any) -> OriginRateLimit:
+    """Synapse's FederationRatelimitSettings; its defaults where absent."""
+    default = OriginRateLimit()
+    return OriginRateLimit(
+        window_ms=_positive_int(
+            getattr(settings, "window_size", None), default.window_ms
+        ),
+        sleep_limit=_positive_int(
+            getattr(settings, "sleep_limit", None), default.sleep_limit
+        ),
+        concurrent=_positive_int(
+            getattr(settings, "concurrent", None), default.concurrent
+        ),
+    )
+
+
+def _origin_rate_limit_from_raw(raw: Any) -> OriginRateLimit:
+    if not isinstance(raw, Mapping):
+        return OriginRateLimit()
+    default = OriginRateLimit()
+    return OriginRateLimit(
+        window_ms=_positive_int(raw.get("window_size"), default.window_ms),
+        sleep_limit=_positive_int(raw.get("sleep_limit"), default.sleep_limit),
+        concurrent=_positive_int(raw.get("concurrent"), default.concurrent),
+    )
+
+
+def _positive_int(value: Any, default: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return default
+    return value
 
 
 def _cidrs(ip_set: Any) -> tuple[str, ...]:
@@ -413,6 +464,7 @@ def snapshot_from_raw(
         key_refresh_interval_ms=refresh_ms,
         trusted_key_servers=tuple(trusted),
         federation_ip_ranges=_federation_ip_ranges_from_raw(raw),
+        own_origin_limit=_origin_rate_limit_from_raw(raw.get("rc_federation")),
         config_files=tuple(os.path.abspath(p) for p in config_files),
     )
 
