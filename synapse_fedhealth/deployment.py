@@ -234,6 +234,15 @@ class SharedReports:
         self._sleep = sleep
         self._spawn = spawn
         self._refresh_seen_at: int | None = None
+        # What this process last wrote as its config row, so that a request
+        # writes it only when it changed.
+        self._published_config: list[dict[str, Any]] | None = None
+        # The last checker report read from the table, by its row's time, and
+        # the last merged report with what it was made of: requests between
+        # two runs then get the same Report object, whose encoded bodies the
+        # endpoint keeps (render.bodies).
+        self._checker_row: tuple[int, tuple[str, Report]] | None = None
+        self._merged: tuple[tuple[Any, ...], Report] | None = None
         if store is not None and service.runs_network:
             service.cache.add_listener(self._on_checker_report)
 
@@ -262,13 +271,19 @@ class SharedReports:
     async def publish_config(self) -> None:
         if self._store is None:
             return
-        checks = self._service.config_checks()
-        await self._store.publish(
-            self._instance,
-            ROLE_CONFIG,
-            self._now_ms(),
-            [c.to_json() for c in checks],
-        )
+        payload = [c.to_json() for c in self._service.config_checks()]
+        await self._store.publish(self._instance, ROLE_CONFIG, self._now_ms(), payload)
+        self._published_config = payload
+
+    async def _publish_config_if_changed(self) -> None:
+        """After a request: a database write only when this process's config
+        results differ from what it last wrote (a certificate came close to
+        expiry, a file changed), not one write per request."""
+        if self._store is None:
+            return
+        payload = [c.to_json() for c in self._service.config_checks()]
+        if payload != self._published_config:
+            await self.publish_config()
 
     async def poll_refresh_requests(self) -> None:
         """On the checking process: run when another process asked."""
@@ -296,13 +311,13 @@ class SharedReports:
         deadline = self._clock.seconds() + budget_s
         while True:
             rows = await store.rows()
-            found = checker_report(rows)
+            found = self._checker_report(rows)
             fresh = found is not None and found[1].generated_at >= asked_at
             if not refresh or fresh or self._clock.seconds() >= deadline:
                 break
             await self._sleep(WAIT_POLL_S)
         own = list(self._service.config_checks())
-        self._spawn(self.publish_config)
+        self._spawn(self._publish_config_if_changed)
         if found is None:
             return self._without_checker(own, rows)
         checker, base = found
@@ -325,16 +340,45 @@ class SharedReports:
         *,
         notes: Sequence[str] = (),
     ) -> Report:
-        by_instance = dict(config_results_by_instance(rows))
         if self._service.runs_network:
             own = [c for c in base.checks if c.id.startswith("config")]
+        # This process's own row is replaced by `own`.
+        config_rows = tuple(
+            (r.instance, r.updated_at, r.payload)
+            for r in rows
+            if r.role == ROLE_CONFIG and r.instance != self._instance
+        )
+        # Compared by value (cheap: a few config results per process), but
+        # the base by identity: it is the cached report itself, or the one
+        # `_checker_report` kept for an unchanged row.
+        key = (config_rows, tuple(own), tuple(notes))
+        if self._merged is not None:
+            (last_base, last_key), merged = self._merged
+            if last_base is base and last_key == key:
+                return merged
+        by_instance = dict(config_results_by_instance(rows))
         by_instance[self._instance] = tuple(own)
-        return deployment_report(
+        merged = deployment_report(
             base=base,
             config_by_instance=by_instance,
             federation_disabled=self._service.federation_disabled,
             notes=notes,
         )
+        self._merged = ((base, key), merged)
+        return merged
+
+    def _checker_report(self, rows: Sequence[Row]) -> tuple[str, Report] | None:
+        """`checker_report`, parsed again only when the checker's row is
+        newer than the one read before."""
+        row = next((r for r in rows if r.instance == CHECKER_ROW), None)
+        if row is None:
+            return None
+        if self._checker_row is not None and self._checker_row[0] == row.updated_at:
+            return self._checker_row[1]
+        found = checker_report([row])
+        if found is not None:
+            self._checker_row = (row.updated_at, found)
+        return found
 
     def _without_checker(self, own: list[CheckResult], rows: Sequence[Row]) -> Report:
         reason = (

@@ -8,27 +8,23 @@ access token, exactly as Synapse's admin API takes it.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from synapse.api.errors import AuthError, Codes, SynapseError
-from synapse.http.server import DirectServeJsonResource, finish_request
+from synapse.http.server import (
+    DirectServeJsonResource,
+    finish_request,
+    respond_with_json_bytes,
+)
 
 from synapse_fedhealth import homeserver
-from synapse_fedhealth.check_docs import check_docs, installed_docs_path
-from synapse_fedhealth.remote_text import clean_json
-from synapse_fedhealth.render.html import (
-    CONTENT_SECURITY_POLICY,
-    render_html,
-    render_sign_in,
-)
-from synapse_fedhealth.render.text import TEXT_WIDTH, render_text
+from synapse_fedhealth.render.bodies import FORMATS, ReportBodies
+from synapse_fedhealth.render.html import CONTENT_SECURITY_POLICY, render_sign_in
 from synapse_fedhealth.report import Report
 
 if TYPE_CHECKING:
     from synapse.http.site import SynapseRequest
     from synapse.module_api import ModuleApi
-
-FORMATS = ("json", "text", "html")
 
 
 def _query_arg(request: SynapseRequest, name: str) -> str | None:
@@ -55,7 +51,9 @@ def _parse_bool(name: str, value: str | None) -> bool:
 class FedHealthResource(DirectServeJsonResource):
     """Serves the (cached) report to server admins only.
 
-    It takes no target from the caller: only `format` and `refresh`.
+    It takes no target from the caller: only `format` and `refresh`. Every
+    request is authenticated; the body itself is encoded once per report and
+    format (`bodies`).
     """
 
     def __init__(
@@ -66,6 +64,7 @@ class FedHealthResource(DirectServeJsonResource):
         super().__init__()
         self._api = api
         self._get_report = get_report
+        self.bodies = ReportBodies()
 
     async def _require_admin(self, request: SynapseRequest) -> None:
         # Raises MissingClientTokenError (401 M_MISSING_TOKEN) or
@@ -74,9 +73,7 @@ class FedHealthResource(DirectServeJsonResource):
         if not await homeserver.is_server_admin(self._api, requester):
             raise AuthError(403, "You are not a server admin", Codes.FORBIDDEN)
 
-    async def _async_render_GET(
-        self, request: SynapseRequest
-    ) -> tuple[int, Any] | None:
+    async def _async_render_GET(self, request: SynapseRequest) -> None:
         try:
             await self._require_admin(request)
         except SynapseError as e:
@@ -85,8 +82,8 @@ class FedHealthResource(DirectServeJsonResource):
             # who is not a server admin).
             if e.code not in (401, 403) or _query_arg(request, "format") != "html":
                 raise
-            _write_html(request, e.code, render_sign_in(e.msg))
-            return None
+            _write_html(request, e.code, render_sign_in(e.msg).encode("utf-8"))
+            return
         output = _query_arg(request, "format") or "json"
         if output not in FORMATS:
             raise SynapseError(
@@ -95,31 +92,25 @@ class FedHealthResource(DirectServeJsonResource):
         refresh = _parse_bool("refresh", _query_arg(request, "refresh"))
         # A coroutine that follows the logcontext rules: awaited directly.
         report = await self._get_report(refresh)
+        body = self.bodies.body(report, output)
         if output == "text":
-            _write_body(
-                request,
-                200,
-                b"text/plain; charset=utf-8",
-                render_text(
-                    report, width=TEXT_WIDTH, docs_path=installed_docs_path()
-                ).encode("utf-8"),
-            )
-            return None
-        if output == "html":
-            _write_html(request, 200, render_html(report, docs=check_docs()))
-            return None
-        request.setHeader(b"Cache-Control", b"no-store")  # type: ignore[no-untyped-call]
-        # Last resort: Synapse encodes JSON as UTF-8, which a lone surrogate
-        # in any value would turn into a 500.
-        return 200, clean_json(report.to_json())
+            _write_body(request, 200, b"text/plain; charset=utf-8", body)
+        elif output == "html":
+            _write_html(request, 200, body)
+        else:
+            request.setHeader(b"Cache-Control", b"no-store")  # type: ignore[no-untyped-call]
+            # What Synapse's JSON responses carry (CORS headers included),
+            # without encoding the report again in a thread per request.
+            respond_with_json_bytes(request, 200, body, send_cors=True)
+        return
 
 
-def _write_html(request: SynapseRequest, code: int, page: str) -> None:
+def _write_html(request: SynapseRequest, code: int, page: bytes) -> None:
     request.setHeader(b"Content-Security-Policy", CONTENT_SECURITY_POLICY.encode())  # type: ignore[no-untyped-call]
     # The page's URL may carry the access token: never send it on.
     request.setHeader(b"Referrer-Policy", b"no-referrer")  # type: ignore[no-untyped-call]
     request.setHeader(b"X-Content-Type-Options", b"nosniff")  # type: ignore[no-untyped-call]
-    _write_body(request, code, b"text/html; charset=utf-8", page.encode("utf-8"))
+    _write_body(request, code, b"text/html; charset=utf-8", page)
 
 
 def _write_body(

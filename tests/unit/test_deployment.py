@@ -184,3 +184,46 @@ class DeploymentTest(SynchronousTestCase):
             if c.id.startswith("config.")
         }
         assert instances == {"worker1"}
+
+    def _config_row_time(self, instance: str) -> int:
+        rows = self.successResultOf(
+            defer.ensureDeferred(DeploymentStore(run_db_on(self.conn)).rows())
+        )
+        (row,) = [r for r in rows if r.instance == instance]
+        return row.updated_at
+
+    def test_requests_between_runs_get_the_same_report_object(self) -> None:
+        self.report(self.checker, refresh=True)
+        on_checker = self.report(self.checker)
+        assert self.report(self.checker) is on_checker
+        on_worker = self.report(self.worker)
+        # Same checker row, same config rows, same age: the same object, so
+        # the endpoint serves the bytes it encoded for it.
+        assert self.report(self.worker) is on_worker
+        self.clock.advance(1)
+        older = self.report(self.worker)
+        assert older is not on_worker
+        assert any("1 s old" in n for n in older.notes)
+
+    def test_a_new_run_reaches_the_worker(self) -> None:
+        self.report(self.checker, refresh=True)
+        first = self.report(self.worker)
+        self.clock.advance(5)
+        self.report(self.checker, refresh=True)
+        second = self.report(self.worker)
+        summaries = [c.summary for c in second.checks if c.id == "connection.reachable"]
+        assert summaries == ["run 2"]
+        assert second.generated_at > first.generated_at
+
+    def test_a_request_rewrites_the_config_row_only_when_it_changed(self) -> None:
+        self.report(self.checker, refresh=True)
+        self.report(self.worker)
+        written = self._config_row_time("worker1")
+        self.clock.advance(30)
+        self.report(self.worker)
+        self.report(self.worker)
+        assert self._config_row_time("worker1") == written
+        # The checker's own run still publishes its config row every time.
+        before = self._config_row_time("master")
+        self.report(self.checker, refresh=True)
+        assert self._config_row_time("master") > before
