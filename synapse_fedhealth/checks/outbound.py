@@ -386,7 +386,7 @@ def judge_outbound_reach(
     probes: Sequence[tuple[OutboundProbe, int]], *, source: str
 ) -> CheckResult:
     """`probes` are (probe, age_ms) pairs; `source` says where the list came
-    from ("outbound_probe_servers" or "the trusted key servers")."""
+    from ("outbound_probe_servers" or "trusted_key_servers")."""
     if not probes:
         return skip(
             OUTBOUND_REACH,

@@ -72,7 +72,7 @@ def probe_servers_for(
     Our own name is never an outbound target (the inbound checks cover it)."""
     if configured is None:
         names = tuple(n for n in trusted_key_servers if n != own)
-        return names, "the trusted key servers"
+        return names, "trusted_key_servers"
     return tuple(n for n in configured if n != own), "outbound_probe_servers"
 
 

@@ -121,7 +121,7 @@ def test_bad_outbound_probe_servers_name_the_key(value: object) -> None:
 def test_probe_servers_default_to_the_trusted_key_servers() -> None:
     assert probe_servers_for(None, ["matrix.org", "me.example"], "me.example") == (
         ("matrix.org",),
-        "the trusted key servers",
+        "trusted_key_servers",
     )
     assert probe_servers_for((), ["matrix.org"], "me.example") == (
         (),
