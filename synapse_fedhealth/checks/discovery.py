@@ -370,25 +370,7 @@ def check_addresses(
     ]
     empty_hosts = [h for h in hosts if not h.addresses]
     if not all_addresses:
-        timed_out = any(r.outcome is DnsOutcome.TIMEOUT for _, r in failed_lookups)
-        details["reason"] = "timeout" if timed_out else "no_address"
-        names = ", ".join(h.host for h in hosts) or "(no host)"
-        why = "; ".join(
-            f"{host} {r.rdtype}: {r.describe()}"
-            for h in hosts
-            for host, r in ((h.host, h.a), (h.host, h.aaaa))
-        )
-        verb = "timed out" if timed_out else "found no address"
-        summary = f"the A/AAAA lookup of {names} {verb} ({why})"
-        zone_problem = _parent_zone_problem(summary, parent_zones, details)
-        if zone_problem is not None:
-            return zone_problem
-        return fail(
-            ADDRESSES,
-            f"the A/AAAA lookup of {names} {verb} ({why})",
-            fix=f"Add A and/or AAAA records for {names} pointing at the server (or at the reverse proxy in front of it).",
-            details=details,
-        )
+        return _no_address(hosts, failed_lookups, parent_zones, details)
     if forbidden:
         details["reason"] = "forbidden_address"
         return fail(
@@ -426,6 +408,35 @@ def check_addresses(
             "server's ip_range_whitelist; peers need the same entry"
         )
     return ok(ADDRESSES, summary, details=details)
+
+
+def _no_address(
+    hosts: Sequence[HostAddresses],
+    failed_lookups: Sequence[tuple[str, DnsResult]],
+    parent_zones: Sequence[DnsResult],
+    details: dict[str, Any],
+) -> CheckResult:
+    """`discovery.addresses` when no host has an address: the records are
+    missing, the lookups timed out, or the zone above says why."""
+    timed_out = any(r.outcome is DnsOutcome.TIMEOUT for _, r in failed_lookups)
+    details["reason"] = "timeout" if timed_out else "no_address"
+    names = ", ".join(h.host for h in hosts) or "(no host)"
+    why = "; ".join(
+        f"{host} {r.rdtype}: {r.describe()}"
+        for h in hosts
+        for host, r in ((h.host, h.a), (h.host, h.aaaa))
+    )
+    verb = "timed out" if timed_out else "found no address"
+    summary = f"the A/AAAA lookup of {names} {verb} ({why})"
+    zone_problem = _parent_zone_problem(summary, parent_zones, details)
+    if zone_problem is not None:
+        return zone_problem
+    return fail(
+        ADDRESSES,
+        summary,
+        fix=f"Add A and/or AAAA records for {names} pointing at the server (or at the reverse proxy in front of it).",
+        details=details,
+    )
 
 
 def _parent_zone_problem(
