@@ -6,7 +6,7 @@ module adds to start-up and memory, and when a filtered port ends a run.
     python benchmarks/performance.py                 # everything (root: the lab)
     python benchmarks/performance.py --only 2,4      # some items
     python benchmarks/performance.py --quick         # fewer repetitions
-    python benchmarks/performance.py --profile DIR   # + py-spy of item 2 (16 targets)
+    python benchmarks/performance.py --profile DIR   # + py-spy of items 1, 2 and 4
     python benchmarks/performance.py --markdown-only benchmarks/results/performance.json
 
 Items (see docs/performance.md for the targets):
@@ -372,7 +372,9 @@ def _runs(
 # -- the items ------------------------------------------------------------------
 
 
-def item_1_run_vs_agent(world: BenchWorld, reps: Reps) -> list[Row]:
+def item_1_run_vs_agent(
+    world: BenchWorld, reps: Reps, profile_dir: Path | None
+) -> list[Row]:
     world.serve(1)
     world.run()  # warm-up: code paths loaded once, not caches (each run is fresh)
     world.agent_version_ms()
@@ -386,6 +388,14 @@ def item_1_run_vs_agent(world: BenchWorld, reps: Reps) -> list[Row]:
         walls.append(wall)
         agent.append(world.agent_version_ms())
     verdict = _verdict(report)
+    if profile_dir is not None:
+        profile_during(
+            world,
+            profile_dir,
+            "synapse-1-target",
+            f"{reps.runs * 4} full runs with 1 A record",
+            lambda: _runs(world, reps.runs * 4, RUN_GAP_S),
+        )
     return [
         Row(1, "full run, 1 target: duration_ms (median)", median(runs), "ms",
             note=f"verdict {verdict}, {len(report.get('checks', []))} checks"),
@@ -483,7 +493,9 @@ def _health_poller(url: str, latencies: list[float]) -> Iterator[None]:
         thread.join(15)
 
 
-def item_4_serving(world: BenchWorld, reps: Reps) -> list[Row]:
+def item_4_serving(
+    world: BenchWorld, reps: Reps, profile_dir: Path | None
+) -> list[Row]:
     world.serve(SCALES[-1])  # the largest report
     report, _ = world.run()  # the report item 4 serves from the cache
     size = len(json.dumps(report))
@@ -493,6 +505,18 @@ def item_4_serving(world: BenchWorld, reps: Reps) -> list[Row]:
     tool = "wrk" if shutil.which("wrk") else "python"
     cached = load(report_url, auth, reps.load_s)
     health = load(health_url, {}, reps.load_s)
+    if profile_dir is not None:
+        profile_dir.mkdir(parents=True, exist_ok=True)
+        (profile_dir / "served-report.json").write_text(
+            json.dumps(report, indent=1), encoding="utf-8"
+        )
+        profile_during(
+            world,
+            profile_dir,
+            "synapse-serving",
+            f"{reps.load_s:g} s of load on the cached report",
+            lambda: load(report_url, auth, reps.load_s),
+        )
     return [
         Row(4, "cached GET /_synapse/fedhealth: requests/s", cached.rps, "req/s",
             note=f"{tool}, {LOAD_CONNECTIONS} connections, {reps.load_s:g} s, report {size // 1024} KiB of {SCALES[-1]} targets"),
@@ -661,17 +685,44 @@ def _python_load(url: str, headers: dict[str, str], seconds: float) -> Load:
 
 
 def profile_runs(world: BenchWorld, directory: Path, runs: int) -> list[Row]:
-    """py-spy (speedscope format) of our Synapse during `runs` runs; writes a
-    summary of the frames with the most own time next to it."""
+    """py-spy of our Synapse during `runs` full runs (item 2, 16 targets)."""
+    profiled = profile_during(
+        world,
+        directory,
+        f"synapse-{world.addresses}-targets",
+        f"{runs} full runs with {world.addresses} A records",
+        lambda: _runs(world, runs),
+    )
+    if profiled is None:
+        return []
+    busy, out = profiled
+    return [
+        Row(2, f"Synapse busy (py-spy, all threads) during {runs} profiled runs ({world.addresses} targets)",
+            busy, "%", note=f"profile in {out}"),
+    ]  # fmt: skip
+
+
+def profile_during(
+    world: BenchWorld,
+    directory: Path,
+    name: str,
+    what: str,
+    action: Callable[[], object],
+) -> tuple[float, Path] | None:
+    """py-spy (speedscope format) of our Synapse while `action` runs, into
+    DIR/NAME.speedscope.json, with a summary of the frames with the most own
+    time in DIR/NAME.txt. Returns (busy % of wall time over all threads, the
+    profile), or None without py-spy."""
     py_spy = shutil.which("py-spy")
     if py_spy is None:
         print("py-spy is not on PATH: no profile", file=sys.stderr)
-        return []
+        return None
     directory.mkdir(parents=True, exist_ok=True)
-    out = directory / f"synapse-{world.addresses}-targets.speedscope.json"
-    log = open(directory / "py-spy.log", "wb")  # closed below
+    out = directory / f"{name}.speedscope.json"
+    log_path = directory / f"{name}.py-spy.log"
+    log = open(log_path, "wb")  # closed below
     recorder = subprocess.Popen(
-        [py_spy, "record", "--pid", str(world.pid), "--rate", "250", "--nonblocking",
+        [py_spy, "record", "--pid", str(world.pid), "--rate", "500", "--nonblocking",
          "--format", "speedscope", "--output", str(out)],
         stdout=subprocess.DEVNULL,
         stderr=log,
@@ -679,7 +730,7 @@ def profile_runs(world: BenchWorld, directory: Path, runs: int) -> list[Row]:
     try:
         time.sleep(1.0)  # py-spy attaches
         began = time.perf_counter()
-        _runs(world, runs)
+        action()
         wall_s = time.perf_counter() - began
     finally:
         recorder.send_signal(signal.SIGINT)
@@ -690,24 +741,20 @@ def profile_runs(world: BenchWorld, directory: Path, runs: int) -> list[Row]:
             recorder.wait(10)
         log.close()
     if not out.exists():
-        err = (directory / "py-spy.log").read_text(errors="replace")
+        err = log_path.read_text(errors="replace")
         print(f"py-spy wrote no profile: {err[-500:]}", file=sys.stderr)
-        return []
+        return None
     summary = summarise_speedscope(json.loads(out.read_text(encoding="utf-8")))
     text = (
-        f"py-spy of the benchmark Synapse during {runs} full runs with "
-        f"{world.addresses} A records: {wall_s:.1f} s of wall time, in which py-spy "
-        f"saw {summary.cpu_s:.1f} s of busy samples over all threads (idle left "
-        f"out; {summary.samples} distinct stacks). Generated {_now()} by "
-        "benchmarks/performance.py --profile.\n"
+        f"py-spy of the benchmark Synapse during {what}: {wall_s:.1f} s of wall "
+        f"time, in which py-spy saw {summary.cpu_s:.1f} s of busy samples over all "
+        f"threads (idle left out; {summary.samples} distinct stacks). Generated "
+        f"{_now()} by benchmarks/performance.py --profile.\n"
         f"Profile: {out}\n\n" + summary.text()
     )
-    (directory / "SUMMARY.txt").write_text(text, encoding="utf-8")
+    (directory / f"{name}.txt").write_text(text, encoding="utf-8")
     print(text)
-    return [
-        Row(2, f"Synapse busy (py-spy, all threads) during {runs} profiled runs ({world.addresses} targets)",
-            summary.cpu_s / wall_s * 100, "%", note=f"profile in {out}"),
-    ]  # fmt: skip
+    return summary.cpu_s / wall_s * 100, out
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -832,10 +879,10 @@ def run(
             world.start()
             steps: dict[int, Callable[[], list[Row]]] = {
                 5: lambda: item_5_memory(world),
-                1: lambda: item_1_run_vs_agent(world, reps),
+                1: lambda: item_1_run_vs_agent(world, reps, profile_dir),
                 2: lambda: item_2_scaling(world, reps, profile_dir),
                 3: lambda: item_3_reactor(world, reps),
-                4: lambda: item_4_serving(world, reps),
+                4: lambda: item_4_serving(world, reps, profile_dir),
                 6: lambda: item_6_filtered(world, reps),
             }
             # Memory first, on a Synapse that has done nothing else yet.
@@ -866,7 +913,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--profile",
         type=Path,
         metavar="DIR",
-        help="py-spy record of Synapse during item 2 (16 targets) into DIR",
+        help="py-spy record of Synapse during items 1, 2 (16 targets) and 4 into DIR",
     )
     parser.add_argument(
         "--synapse-config",

@@ -14,7 +14,7 @@ from synapse.api.errors import AuthError, Codes, SynapseError
 from synapse.http.server import (
     DirectServeJsonResource,
     finish_request,
-    respond_with_json_bytes,
+    set_cors_headers,
 )
 
 from synapse_fedhealth import homeserver
@@ -98,10 +98,9 @@ class FedHealthResource(DirectServeJsonResource):
         elif output == "html":
             _write_html(request, 200, body)
         else:
-            request.setHeader(b"Cache-Control", b"no-store")  # type: ignore[no-untyped-call]
-            # What Synapse's JSON responses carry (CORS headers included),
-            # without encoding the report again in a thread per request.
-            respond_with_json_bytes(request, 200, body, send_cors=True)
+            # The CORS headers Synapse's JSON responses carry.
+            set_cors_headers(request)
+            _write_body(request, 200, b"application/json", body)
         return
 
 
@@ -116,6 +115,10 @@ def _write_html(request: SynapseRequest, code: int, page: bytes) -> None:
 def _write_body(
     request: SynapseRequest, code: int, content_type: bytes, body: bytes
 ) -> None:
+    """The whole body in one write. Synapse's `respond_with_json_bytes`
+    streams a body in 4 KiB chunks through a producer, which is for bodies
+    a slow client takes minutes to read; a report is tens of KiB, and the
+    chunks cost a cached request about a quarter of its time."""
     request.setResponseCode(code)
     request.setHeader(b"Content-Type", content_type)  # type: ignore[no-untyped-call]
     request.setHeader(b"Cache-Control", b"no-store")  # type: ignore[no-untyped-call]
