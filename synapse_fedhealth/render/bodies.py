@@ -15,7 +15,7 @@ import json
 from collections.abc import Callable, Mapping
 
 from synapse_fedhealth.check_docs import check_docs, installed_docs_path
-from synapse_fedhealth.remote_text import clean_json
+from synapse_fedhealth.remote_text import encode_clean_json
 from synapse_fedhealth.render.html import render_html
 from synapse_fedhealth.render.text import TEXT_WIDTH, render_text
 from synapse_fedhealth.report import Report
@@ -26,9 +26,9 @@ _JSON_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 
 
 def encode_json(report: Report) -> bytes:
-    # clean_json is the last resort against a lone surrogate or a control
+    # Cleaning is the last resort against a lone surrogate or a control
     # character in any value, which a JSON client may choke on.
-    return _JSON_ENCODER.encode(clean_json(report.to_json())).encode("ascii")
+    return encode_clean_json(_JSON_ENCODER, report.to_json()).encode("ascii")
 
 
 def encode_text(report: Report) -> bytes:

@@ -15,7 +15,12 @@ from hypothesis import strategies as st
 from synapse_fedhealth.checks.discovery import Target
 from synapse_fedhealth.checks.federation import check_version
 from synapse_fedhealth.net.results import HttpResult
-from synapse_fedhealth.remote_text import clean_json, clean_line, clean_text
+from synapse_fedhealth.remote_text import (
+    clean_json,
+    clean_line,
+    clean_text,
+    encode_clean_json,
+)
 from synapse_fedhealth.render.text import problem_line, render_text
 from synapse_fedhealth.report import CheckResult, Report, Status, fail
 
@@ -55,6 +60,45 @@ def test_any_string_cleans_to_encodable_single_line(text: str) -> None:
     cleaned = clean_line(text)
     cleaned.encode("utf-8")
     assert "\n" not in cleaned and _unsafe(cleaned) == []
+
+
+# JSON-shaped values whose strings (keys too) hold any character, the unsafe
+# ones more often than chance would pick them.
+_ANY_TEXT = st.text(
+    st.one_of(st.characters(), st.sampled_from(HOSTILE + "\\\t\u2066\udfff\U0001f600"))
+)
+_JSON_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), _ANY_TEXT),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(_ANY_TEXT, inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(_JSON_VALUES)
+def test_encoding_without_the_copy_is_encoding_the_cleaned_copy(value: object) -> None:
+    encoder = json_encoder()
+    assert encode_clean_json(encoder, value) == encoder.encode(clean_json(value))
+
+
+def test_a_clean_report_is_encoded_once() -> None:
+    class Counting(json.JSONEncoder):
+        calls = 0
+
+        def encode(self, o: object) -> str:
+            Counting.calls += 1
+            return super().encode(o)
+
+    encoder = Counting(separators=(",", ":"))
+    assert encode_clean_json(encoder, {"summary": "valid, 90 days left"}) == (
+        '{"summary":"valid, 90 days left"}'
+    )
+    assert Counting.calls == 1
+    assert encode_clean_json(encoder, {"summary": HOSTILE}) == encoder.encode(
+        clean_json({"summary": HOSTILE})
+    )
+    assert Counting.calls == 4
 
 
 def _version_check() -> CheckResult:
