@@ -84,13 +84,13 @@ def _serve(ca_dir: str, max_targets: int) -> None:
     class CountingSite(Site):
         def buildProtocol(self, addr: Any) -> Any:
             accepted[0] += 1
-            return super().buildProtocol(addr)
+            return super().buildProtocol(addr)  # type: ignore[no-untyped-call]
 
     listener: Any = reactor
     ports = []
     # One port per server name: the keys are signed for the name checked.
     for name in (SERVER_NAME, DELEGATING_NAME):
-        site = CountingSite(FederationResource(name))
+        site = CountingSite(FederationResource(name))  # type: ignore[no-untyped-call]
         first = listener.listenSSL(0, site, options, interface=_target_ips(1)[0])
         port = int(first.getHost().port)
         for ip in _target_ips(max_targets)[1:]:
@@ -110,7 +110,7 @@ def _serve(ca_dir: str, max_targets: int) -> None:
         delimiter = b"\n"
 
         def lineReceived(self, line: bytes) -> None:
-            self.sendLine(str(accepted[0]).encode())
+            self.sendLine(str(accepted[0]).encode())  # type: ignore[no-untyped-call]
 
         def connectionLost(self, reason: Any = None) -> None:
             if listener.running:
@@ -148,6 +148,7 @@ def _measure(args: argparse.Namespace) -> int:
     from synapse_fedhealth.families.targets import TargetInsiderFamily
     from synapse_fedhealth.homeserver import HomeserverSnapshot
     from synapse_fedhealth.report import Status
+    from synapse_fedhealth.runner import CheckFamily, FamilyOutcome
     from synapse_fedhealth.settings import RunSettings
     from synapse_fedhealth.wiring import ProcessIO
     from tests.integration.test_engine_loopback import ZoneDnsServer
@@ -169,6 +170,9 @@ def _measure(args: argparse.Namespace) -> int:
     signing_key = make_key()
     nonces = NonceBook(secret=b"b" * 32)
 
+    async def _run_family(family: CheckFamily, deadline: Deadline) -> FamilyOutcome:
+        return await family.run(deadline)
+
     def handshakes_so_far() -> int:
         # Between runs, untimed: the server answers at once.
         assert server.stdin is not None and server.stdout is not None
@@ -189,26 +193,31 @@ def _measure(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         io = io_process.for_run(settings)
         deadline = Deadline.after(reactor, settings.timeout_s)
-        findings = await NetworkChecker(io, settings).check(deadline)
-        # The follow-ups that go to the targets, at once as the runner
-        # starts them.
-        snapshot = HomeserverSnapshot(
-            server_name=name,
-            public_baseurl=None,
-            listeners=(),
-            signing_keys=(signing_key,),
-        )
-        follow_ups = [
-            TargetInsiderFamily(io, snapshot, findings),
-            ForwardedHeadersFamily(
-                io, public_baseurl=None, echo=nonces, network=findings
-            ),
-        ]
-        await defer.gatherResults(
-            [defer.ensureDeferred(f.run(deadline)) for f in follow_ups],
-            consumeErrors=True,
-        )
-        elapsed = time.perf_counter() - started
+        try:
+            findings = await NetworkChecker(io, settings).check(deadline)
+            # The follow-ups that go to the targets, at once as the runner
+            # starts them.
+            snapshot = HomeserverSnapshot(
+                server_name=name,
+                public_baseurl=None,
+                listeners=(),
+                signing_keys=(signing_key,),
+            )
+            follow_ups: list[CheckFamily] = [
+                TargetInsiderFamily(io, snapshot, findings),
+                ForwardedHeadersFamily(
+                    io, public_baseurl=None, echo=nonces, network=findings
+                ),
+            ]
+            await defer.gatherResults(
+                [defer.ensureDeferred(_run_family(f, deadline)) for f in follow_ups],
+                consumeErrors=True,
+            )
+            elapsed = time.perf_counter() - started
+        finally:
+            # As the runner does when a run ends.
+            if io.targets is not None:
+                io.targets.close_all()
         # A fast run that finds problems measures nothing useful.
         bad = [
             f"{c.id} {c.status.value}"
