@@ -7,13 +7,18 @@
 name whose SRV record points at a host with 1, 4 or 16 A records; every
 address serves the federation version and keys over TLS (a trustme CA) from
 a separate server process, as a homeserver and its proxy are separate from
-the process that checks them. The `full` row adds the start of the chain:
+the process that checks them. Then the follow-ups that go to those targets
+run as in the module: the signed request (federation.signed_request, to at
+most rc_federation's `sleep_limit` addresses) and the echo through the
+federation path (proxy.forwarded_headers); the server answers both 404,
+which costs what a real answer costs on the wire. The `full` row adds the start of the chain:
 the well-known on port 443 delegates to the name with the SRV record (port
 443 on 127.x addresses needs root, as the integration tests do; without it
 the row is skipped).
 
 Prints the median and best wall time of N runs per row, after one untimed
-warm-up run. `--profile FILE` writes a cProfile of the 16-target runs.
+warm-up run, and the TLS handshakes per run (connections the server
+accepted). `--profile FILE` writes a cProfile of the 16-target runs.
 Everything listens on 127.0.1.x; nothing leaves the machine. The server
 process stops when this one closes its stdin.
 """
@@ -54,7 +59,7 @@ def _serve(ca_dir: str, max_targets: int) -> None:
     Prints {"port": P, "well_known": bool} once listening."""
     import trustme
     from twisted.internet import reactor, ssl, stdio
-    from twisted.internet.protocol import Protocol
+    from twisted.protocols.basic import LineReceiver
     from twisted.web.resource import Resource
     from twisted.web.server import Request, Site
 
@@ -74,29 +79,44 @@ def _serve(ca_dir: str, max_targets: int) -> None:
             request.setHeader(b"Content-Type", b"application/json")
             return json.dumps({"m.server": DELEGATED_NAME}).encode()
 
+    accepted = [0]  # TLS connections, so handshakes
+
+    class CountingSite(Site):
+        def buildProtocol(self, addr: Any) -> Any:
+            accepted[0] += 1
+            return super().buildProtocol(addr)  # type: ignore[no-untyped-call]
+
     listener: Any = reactor
     ports = []
     # One port per server name: the keys are signed for the name checked.
     for name in (SERVER_NAME, DELEGATING_NAME):
-        site = Site(FederationResource(name))
+        site = CountingSite(FederationResource(name))  # type: ignore[no-untyped-call]
         first = listener.listenSSL(0, site, options, interface=_target_ips(1)[0])
         port = int(first.getHost().port)
         for ip in _target_ips(max_targets)[1:]:
             listener.listenSSL(port, site, options, interface=ip)
         ports.append(port)
     try:
-        well_known_site = Site(WellKnown())  # type: ignore[no-untyped-call]
+        well_known_site = CountingSite(WellKnown())  # type: ignore[no-untyped-call]
         listener.listenSSL(443, well_known_site, options, interface=WELL_KNOWN_IP)
         well_known = True
     except Exception:
         well_known = False
 
-    class StopOnEof(Protocol):
+    class Control(LineReceiver):
+        """A line on stdin asks for the connections accepted so far; EOF
+        stops the server."""
+
+        delimiter = b"\n"
+
+        def lineReceived(self, line: bytes) -> None:
+            self.sendLine(str(accepted[0]).encode())  # type: ignore[no-untyped-call]
+
         def connectionLost(self, reason: Any = None) -> None:
             if listener.running:
                 listener.stop()
 
-    stdio.StandardIO(StopOnEof())
+    stdio.StandardIO(Control())
     print(json.dumps({"ports": ports, "well_known": well_known}), flush=True)
     listener.run()
 
@@ -121,12 +141,18 @@ def _measure(args: argparse.Namespace) -> int:
     from twisted.internet import defer, reactor, task
     from twisted.python.threadpool import ThreadPool
 
+    from synapse_fedhealth.echo import NonceBook
     from synapse_fedhealth.engine.deadline import Deadline
     from synapse_fedhealth.engine.network_checker import NetworkChecker
+    from synapse_fedhealth.families.outside import ForwardedHeadersFamily
+    from synapse_fedhealth.families.targets import TargetInsiderFamily
+    from synapse_fedhealth.homeserver import HomeserverSnapshot
     from synapse_fedhealth.report import Status
+    from synapse_fedhealth.runner import CheckFamily, FamilyOutcome
     from synapse_fedhealth.settings import RunSettings
     from synapse_fedhealth.wiring import ProcessIO
     from tests.integration.test_engine_loopback import ZoneDnsServer
+    from tests.unit.insider_helpers import make_key
 
     ca_dir = tempfile.mkdtemp(prefix="fedhealth-scaling-")
     server = subprocess.Popen(
@@ -139,8 +165,20 @@ def _measure(args: argparse.Namespace) -> int:
     hello = json.loads(server.stdout.readline())
     ports, has_well_known = list(hello["ports"]), bool(hello["well_known"])
     ca_file = os.path.join(ca_dir, "ca.pem")
-    rows: list[tuple[str, list[float]]] = []
+    rows: list[tuple[str, list[float], list[int]]] = []
     failures: list[str] = []
+    signing_key = make_key()
+    nonces = NonceBook(secret=b"b" * 32)
+
+    async def _run_family(family: CheckFamily, deadline: Deadline) -> FamilyOutcome:
+        return await family.run(deadline)
+
+    def handshakes_so_far() -> int:
+        # Between runs, untimed: the server answers at once.
+        assert server.stdin is not None and server.stdout is not None
+        server.stdin.write("count\n")
+        server.stdin.flush()
+        return int(server.stdout.readline())
 
     async def one_run(
         io_process: ProcessIO, dns: ZoneDnsServer, name: str, expected: int
@@ -154,10 +192,32 @@ def _measure(args: argparse.Namespace) -> int:
         )
         started = time.perf_counter()
         io = io_process.for_run(settings)
-        findings = await NetworkChecker(io, settings).check(
-            Deadline.after(reactor, settings.timeout_s)
-        )
-        elapsed = time.perf_counter() - started
+        deadline = Deadline.after(reactor, settings.timeout_s)
+        try:
+            findings = await NetworkChecker(io, settings).check(deadline)
+            # The follow-ups that go to the targets, at once as the runner
+            # starts them.
+            snapshot = HomeserverSnapshot(
+                server_name=name,
+                public_baseurl=None,
+                listeners=(),
+                signing_keys=(signing_key,),
+            )
+            follow_ups: list[CheckFamily] = [
+                TargetInsiderFamily(io, snapshot, findings),
+                ForwardedHeadersFamily(
+                    io, public_baseurl=None, echo=nonces, network=findings
+                ),
+            ]
+            await defer.gatherResults(
+                [defer.ensureDeferred(_run_family(f, deadline)) for f in follow_ups],
+                consumeErrors=True,
+            )
+            elapsed = time.perf_counter() - started
+        finally:
+            # As the runner does when a run ends.
+            if io.targets is not None:
+                io.targets.close_all()
         # A fast run that finds problems measures nothing useful.
         bad = [
             f"{c.id} {c.status.value}"
@@ -186,8 +246,10 @@ def _measure(args: argparse.Namespace) -> int:
                 try:
                     await one_run(process_io, dns, name, count)  # warm-up
                     times = []
+                    handshakes = []
                     for _ in range(args.runs):
                         profiling = profiler is not None and count == max(args.targets)
+                        before = handshakes_so_far()
                         if profiling:
                             profiler.enable()  # type: ignore[union-attr]
                         times.append(await one_run(process_io, dns, name, count))
@@ -195,7 +257,8 @@ def _measure(args: argparse.Namespace) -> int:
                             profiler.disable()  # type: ignore[union-attr]
                         # Let the closed connections go before the next run.
                         await task.deferLater(reactor, 0.01, lambda: None)
-                    rows.append((label, times))
+                        handshakes.append(handshakes_so_far() - before)
+                    rows.append((label, times, handshakes))
                 finally:
                     dns.stop()
         finally:
@@ -215,12 +278,12 @@ def _measure(args: argparse.Namespace) -> int:
         server.wait(10)
 
     base = statistics.median(rows[0][1]) if rows else 0.0
-    print(f"{'':22} {'median':>9} {'best':>9} {'vs first':>9}")
-    for label, times in rows:
+    print(f"{'':22} {'median':>9} {'best':>9} {'vs first':>9} {'handshakes':>11}")
+    for label, times, handshakes in rows:
         median = statistics.median(times)
         print(
             f"{label:22} {median * 1000:7.1f}ms {min(times) * 1000:7.1f}ms "
-            f"{median / base:8.2f}x"
+            f"{median / base:8.2f}x {statistics.median(handshakes):11g}"
         )
     if not has_well_known:
         print("(no `full` row: port 443 could not be bound)")

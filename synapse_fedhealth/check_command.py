@@ -222,5 +222,6 @@ async def build_outside_report(
         ],
         families=lambda: families.first(io, settings),
         notes=[OUTSIDER_NOTE],
+        connections=io.targets,
     )
     return await runner.run()

@@ -48,6 +48,14 @@ class CheckFamily(Protocol):
         """Finish by `deadline`, the run's one deadline."""
 
 
+class RunConnections(Protocol):
+    """What a run keeps open from one family to the next (the connections
+    to its targets, `engine.probes.TargetConnections`)."""
+
+    def close_all(self) -> None:
+        """Drop every connection of the run, in use or not."""
+
+
 # Follow-up families run after the first ones, with the network findings
 # (None when the network family did not run or did not finish).
 FollowUps = Callable[["NetworkFindings | None"], Sequence[CheckFamily]]
@@ -130,7 +138,9 @@ class CheckRunner:
     asynchronous groups run concurrently under the one deadline; `follow_ups`
     run once those finished, with their findings, under the same deadline.
     `timeout_s` is the wall-clock budget of the whole run: the report is
-    ready by then, whatever hangs.
+    ready by then, whatever hangs. `connections` are the run's kept
+    connections: closed when the run ends, however it ends (finished, cut
+    at its deadline, cancelled or broken), so no socket outlives its run.
     """
 
     def __init__(
@@ -144,6 +154,7 @@ class CheckRunner:
         federation_disabled: bool = False,
         notes: Sequence[str] = (),
         follow_ups: FollowUps | None = None,
+        connections: RunConnections | None = None,
     ) -> None:
         self._reactor = reactor
         self._server_name = server_name
@@ -153,8 +164,16 @@ class CheckRunner:
         self._federation_disabled = federation_disabled
         self._notes = tuple(notes)
         self._follow_ups = follow_ups
+        self._connections = connections
 
     async def run(self) -> Report:
+        try:
+            return await self._run()
+        finally:
+            if self._connections is not None:
+                self._connections.close_all()
+
+    async def _run(self) -> Report:
         started = self._reactor.seconds()
         budget = Deadline.after(self._reactor, self._timeout_s)
         # Families aim at this; what is left is for building the report.

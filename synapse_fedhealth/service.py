@@ -160,6 +160,7 @@ class FedHealthService:
             families=lambda: self._families.first(io, settings),
             follow_ups=lambda network: self._families.follow_ups(io, settings, network),
             federation_disabled=self.federation_disabled,
+            connections=io.targets,
         )
 
     @property

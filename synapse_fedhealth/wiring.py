@@ -4,7 +4,9 @@ trust store. The module and the `check` command both come through here.
 
 `ProcessIO` lives as long as the process (one thread pool, trust stores read
 once); `ProcessIO.for_run` gives the `RunIO` that the families of one run
-share, so the same DNS question gets the same answer within a run.
+share, so the same DNS question gets the same answer within a run, and the
+checks that go to a target ride the one TLS connection the run keeps to it
+(closed by the runner when the run ends).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import attr
 from twisted.python.threadpool import ThreadPool
 
-from synapse_fedhealth.engine.probes import TargetConnector
+from synapse_fedhealth.engine.probes import TargetConnections
 from synapse_fedhealth.net.aia import IssuerFetcher, PlainHttpIssuerFetcher
 from synapse_fedhealth.net.dns import DnsLookupPool, DnsResolver, ThreadedDnsResolver
 from synapse_fedhealth.net.dns_cache import RunScopedDnsCache
@@ -42,9 +44,11 @@ class RunIO:
     # tls.certificate then can't tell a missing intermediate from an
     # untrusted CA).
     issuers: IssuerFetcher | None = None
-    # How a target's probes reach it (None: each on a connection of its own,
-    # through `http` and `tls`; what fakes do).
-    targets: TargetConnector | None = None
+    # The run's connections to its targets, one per address, shared by the
+    # probes and the later checks that go to the same target; whoever ends
+    # the run closes them (`close_all`). None: each probe and request on a
+    # connection of its own, through `http` and `tls` (what fakes do).
+    targets: TargetConnections | None = None
 
 
 def load_trust_store(ca_files: tuple[str, ...]) -> tuple[TrustStore, str]:
@@ -100,10 +104,12 @@ class ProcessIO:
             resolver=resolver,
             http=http,
             tls=tls,
-            # One TLS connection per target: the handshake probe's, reused
-            # by its requests.
-            targets=lambda target: http.pinned_target(
-                tls, target.ip, target.port, target.sni
+            # One TLS connection per target for the run: the handshake
+            # probe's, reused by every request to that target.
+            targets=TargetConnections(
+                lambda target: http.pinned_target(
+                    tls, target.ip, target.port, target.sni
+                )
             ),
             trust=trust,
             trust_error=trust_error,

@@ -35,6 +35,10 @@ NOTARY_DISCOVERY_SHARE = 0.6
 # shared connection for at most this share of what is left; then it takes a
 # connection of its own.
 KEYS_WAIT_SHARE = 0.25
+# A later check's request to a target waits for the run's connection to it,
+# while another request rides it, for at most this share of what is left;
+# then it takes a connection of its own.
+CONNECTION_WAIT_SHARE = 0.25
 # Kept back at the end of the budget to judge the observations and build the
 # report, so the report is ready by the deadline itself.
 REPORT_MARGIN_S = 0.05

@@ -56,7 +56,7 @@ class NetworkChecker:
             io.resolver, io.http, wall_clock=io.wall_clock
         )
         self._prober = TargetProber(
-            io.http, io.tls, trust=io.trust, issuers=io.issuers, connect=io.targets
+            io.http, io.tls, trust=io.trust, issuers=io.issuers, connections=io.targets
         )
 
     async def check(self, deadline: Deadline) -> NetworkFindings:

@@ -6,7 +6,9 @@ and SNI) to one address of the discovery's targets.
 returns what arrived; a probe that did not finish is simply absent, and the
 judge reports it as timed out. A target's probes share one TLS connection
 (the handshake's), as a peer's connection pool would: the requests follow
-the handshake, one after the other.
+the handshake, one after the other. That connection is the run's
+(`TargetConnections`): the later checks that go to the same target ride it
+too, and the runner closes it when the run ends.
 """
 
 from __future__ import annotations
@@ -20,15 +22,16 @@ from twisted.internet import defer
 
 from synapse_fedhealth.checks.federation import KEYS_PATH, VERSION_PATH, endpoint_url
 from synapse_fedhealth.engine.deadline import (
+    CONNECTION_WAIT_SHARE,
     KEYS_WAIT_SHARE,
     BoundFailure,
     Clock,
     Deadline,
 )
-from synapse_fedhealth.engine.resolution import failed_get
+from synapse_fedhealth.engine.resolution import bounded_get, failed_get
 from synapse_fedhealth.engine.spawn import spawn
 from synapse_fedhealth.net.aia import IssuerFetcher
-from synapse_fedhealth.net.http import HttpFetcher
+from synapse_fedhealth.net.http import DEFAULT_MAX_BODY_SIZE, HttpFetcher
 from synapse_fedhealth.net.results import ConnectOutcome, HttpResult, TlsProbeResult
 from synapse_fedhealth.net.tls import (
     IssuerFetch,
@@ -52,24 +55,63 @@ class TargetProbe:
 
 
 class TargetConnection(Protocol):
-    """One target's probes: the TLS handshake, then the requests. The
-    production one (`net.http.PinnedTarget`) carries them all on the
-    handshake's connection."""
+    """One target's connection for a run: the TLS handshake, then the
+    requests. The production one (`net.http.PinnedTarget`) carries them all
+    on the handshake's connection."""
 
     def handshake(self, timeout: float) -> defer.Deferred[TlsProbeResult]:
         """Connect and handshake with the target's SNI. Never fails."""
 
     def get(
-        self, url: str, *, host_header: str, timeout: float
+        self,
+        url: str,
+        *,
+        host_header: str,
+        timeout: float,
+        max_bytes: int = DEFAULT_MAX_BODY_SIZE,
+        method: str = "GET",
+        extra_headers: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+        wait_for_connection_s: float = 0.0,
     ) -> defer.Deferred[HttpResult]:
-        """GET `url` from the target (no verification: the chain is judged
-        from the handshake). Never fails."""
+        """Send a request for `url` to the target (no verification: the
+        chain is judged from the handshake), its body read up to
+        `max_bytes`. One request at a time rides the kept connection: while
+        it is busy, wait for it at most `wait_for_connection_s`, then take
+        a connection of its own. Never fails."""
 
     def close(self) -> None:
         """Drop whatever connection is left."""
 
 
 TargetConnector = Callable[[Target], TargetConnection]
+
+
+class TargetConnections:
+    """The run's connections to its targets: one per target address, made
+    on first use and the same for the rest of the run, so the checks that
+    follow the probes ride the probes' connection as a peer's connection
+    pool would. `close_all` (the runner, when the run ends) drops them all;
+    a connection asked for after that is closed already."""
+
+    def __init__(self, connect: TargetConnector) -> None:
+        self._connect = connect
+        self._by_address: dict[str, TargetConnection] = {}
+        self._closed = False
+
+    def for_target(self, target: Target) -> TargetConnection:
+        connection = self._by_address.get(target.address)
+        if connection is None:
+            connection = self._connect(target)
+            self._by_address[target.address] = connection
+            if self._closed:
+                connection.close()
+        return connection
+
+    def close_all(self) -> None:
+        self._closed = True
+        for connection in self._by_address.values():
+            connection.close()
 
 
 class SeparateConnections:
@@ -86,7 +128,16 @@ class SeparateConnections:
         return self._tls.probe(t.ip, t.port, t.sni, timeout)
 
     def get(
-        self, url: str, *, host_header: str, timeout: float
+        self,
+        url: str,
+        *,
+        host_header: str,
+        timeout: float,
+        max_bytes: int = DEFAULT_MAX_BODY_SIZE,
+        method: str = "GET",
+        extra_headers: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+        wait_for_connection_s: float = 0.0,
     ) -> defer.Deferred[HttpResult]:
         t = self._target
         return self._http.get(
@@ -95,19 +146,75 @@ class SeparateConnections:
             host_header=host_header,
             sni=t.sni,
             timeout=timeout,
+            max_bytes=max_bytes,
             verify_tls=False,
+            method=method,
+            extra_headers=extra_headers,
+            body=body,
         )
 
     def close(self) -> None:
         pass
 
 
+async def request_to_target(
+    connections: TargetConnections | None,
+    http: HttpFetcher,
+    target: Target,
+    url: str,
+    until: Deadline,
+    *,
+    max_bytes: int,
+    method: str = "GET",
+    extra_headers: Mapping[str, str] | None = None,
+) -> HttpResult:
+    """A later check's request to one of the run's targets, as a peer sends
+    it (the target's Host header and SNI, no verification: the chain is
+    judged from the probe), cut at `until`. It rides the target's connection
+    when the run keeps them (`connections`), else it goes through `http` on
+    a connection of its own."""
+    if connections is None:
+        return await bounded_get(
+            http,
+            url,
+            until,
+            connect_to=(target.ip, target.port),
+            host_header=target.host_header,
+            sni=target.sni,
+            max_bytes=max_bytes,
+            verify_tls=False,
+            method=method,
+            extra_headers=extra_headers,
+        )
+    connection = connections.for_target(target)
+
+    def failed(failure: BoundFailure) -> HttpResult:
+        return failed_get(url, target.host_header, target.sni, failure)
+
+    return await until.bound(
+        lambda: connection.get(
+            url,
+            host_header=target.host_header,
+            timeout=until.remaining_s(),
+            max_bytes=max_bytes,
+            method=method,
+            extra_headers=extra_headers,
+            # Another check's request may be riding it (the signed request
+            # and the echo go to the first target at once).
+            wait_for_connection_s=until.remaining_s() * CONNECTION_WAIT_SHARE,
+        ),
+        failed,
+        what="an HTTP request",
+    )
+
+
 class TargetProber:
     """`trust` and `issuers`: with both, a served chain whose issuer is
     neither sent nor trusted gets its AIA caIssuers URLs fetched after the
     handshake, so that the judge can tell a missing intermediate from an
-    untrusted CA. `connect`: how a target's probes reach it (default:
-    `SeparateConnections` over `http` and `tls`)."""
+    untrusted CA. `connections`: the run's connections to its targets,
+    which the probes leave open for the checks that follow (default:
+    `SeparateConnections` over `http` and `tls`, nothing kept)."""
 
     def __init__(
         self,
@@ -116,9 +223,9 @@ class TargetProber:
         *,
         trust: TrustStore | None = None,
         issuers: IssuerFetcher | None = None,
-        connect: TargetConnector | None = None,
+        connections: TargetConnections | None = None,
     ) -> None:
-        self._connect: TargetConnector = connect or (
+        self._connections = connections or TargetConnections(
             lambda target: SeparateConnections(http, tls, target)
         )
         self._trust = trust
@@ -143,11 +250,9 @@ class TargetProber:
         return probes
 
     async def _probe(self, target: Target, into: TargetProbe, until: Deadline) -> None:
-        connection = self._connect(target)
-        try:
-            await self._probe_through(connection, target, into, until)
-        finally:
-            connection.close()
+        # Not closed here: it is the run's, for the checks that follow.
+        connection = self._connections.for_target(target)
+        await self._probe_through(connection, target, into, until)
 
     async def _probe_through(
         self,

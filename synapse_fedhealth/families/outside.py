@@ -30,6 +30,7 @@ from synapse_fedhealth.checks.forwarded import (
 )
 from synapse_fedhealth.checks.proxy_detect import detect_proxy, first_guess
 from synapse_fedhealth.engine.deadline import Deadline
+from synapse_fedhealth.engine.probes import request_to_target
 from synapse_fedhealth.engine.resolution import bounded_get
 from synapse_fedhealth.engine.spawn import spawn
 from synapse_fedhealth.homeserver import ListenerInfo
@@ -153,6 +154,8 @@ class EchoPath:
     host_header: str | None = None
     sni: str | None = None
     target: str | None = None
+    # The federation path's target: the echo rides the run's connection to it.
+    via: Target | None = None
     # Peers' Host carries the federation port; proxies pass `$host` without it.
     port_optional: bool = False
 
@@ -189,6 +192,7 @@ def echo_paths(
                 host_header=target.host_header,
                 sni=target.sni,
                 target=target.address,
+                via=target,
                 port_optional=True,
             )
         )
@@ -238,6 +242,7 @@ class ForwardedHeadersFamily:
         network: NetworkFindings | None = None,
     ) -> None:
         self._http = io.http
+        self._connections = io.targets
         self._listeners = tuple(listeners)
         self._echo = echo
         targets = network.targets if network is not None else ()
@@ -300,16 +305,28 @@ class ForwardedHeadersFamily:
     async def _echo_through(self, path: EchoPath, deadline: Deadline) -> CheckResult:
         assert self._echo is not None
         nonce = self._echo.issue()
-        result = await bounded_get(
-            self._http,
-            f"{path.url}/{nonce}",
-            deadline,
-            max_bytes=MAX_BODY,
-            verify_tls=False,
-            connect_to=path.connect_to,
-            host_header=path.host_header,
-            sni=path.sni,
-        )
+        url = f"{path.url}/{nonce}"
+        if path.via is not None:
+            # As a peer sends it: on the target's connection.
+            result = await request_to_target(
+                self._connections,
+                self._http,
+                path.via,
+                url,
+                deadline,
+                max_bytes=MAX_BODY,
+            )
+        else:
+            result = await bounded_get(
+                self._http,
+                url,
+                deadline,
+                max_bytes=MAX_BODY,
+                verify_tls=False,
+                connect_to=path.connect_to,
+                host_header=path.host_header,
+                sni=path.sni,
+            )
         request = {**result.request_details(), "path": path.label}
         if result.status is None:
             return judge_forwarded_headers_error(

@@ -24,7 +24,7 @@ from synapse_fedhealth.checks.signed_request import (
 )
 from synapse_fedhealth.engine.deadline import Deadline
 from synapse_fedhealth.engine.network_checker import NetworkFindings
-from synapse_fedhealth.engine.resolution import bounded_get
+from synapse_fedhealth.engine.probes import request_to_target
 from synapse_fedhealth.engine.spawn import spawn
 from synapse_fedhealth.families.outside import MAX_BODY, error_kind
 from synapse_fedhealth.homeserver import HomeserverSnapshot
@@ -42,6 +42,7 @@ class TargetInsiderFamily:
         self, io: RunIO, snapshot: HomeserverSnapshot, network: NetworkFindings
     ) -> None:
         self._http = io.http
+        self._connections = io.targets
         self._snapshot = snapshot
         self._network = network
 
@@ -147,16 +148,15 @@ class TargetInsiderFamily:
     async def _send(
         self, signed: SignedRequest, target: Target, key_id: str, deadline: Deadline
     ) -> CheckResult:
-        result = await bounded_get(
+        # On the target's connection, as a peer's pool sends it; unverified
+        # (tls.certificate judges the certificate; this is about the URI).
+        result = await request_to_target(
+            self._connections,
             self._http,
+            target,
             f"https://{target.host_header}{signed.path}",
             deadline,
-            connect_to=(target.ip, target.port),
-            host_header=target.host_header,
-            sni=target.sni,
             max_bytes=MAX_BODY,
-            # tls.certificate judges the certificate; this is about the URI.
-            verify_tls=False,
             method=signed.method,
             extra_headers=signed.headers,
         )

@@ -635,6 +635,7 @@ class _AdoptingEndpoint:
         self.recorder = PeerChainRecorder()
         self.connections = 0  # connections made or adopted
         self._made: list[Any] = []  # their HTTP client protocols
+        self._discarded = False
 
     def offer(self, kept: KeptTlsConnection | None) -> None:
         self._kept = kept
@@ -643,17 +644,19 @@ class _AdoptingEndpoint:
 
     def discard(self) -> None:
         """Drop every connection at once: the kept one if nobody took it,
-        and those the requests rode (a TLS close would wait for the peer)."""
+        and those the requests rode (a TLS close would wait for the peer).
+        A connection still being made is dropped when it is made."""
+        self._discarded = True
         if self._kept is not None:
             self._kept.close()
             self._kept = None
         for protocol in self._made:
-            transport = protocol.transport
-            if transport is not None and protocol.state != "CONNECTION_LOST":
-                transport.abortConnection()
+            _abort(protocol)
         self._made.clear()
 
     def connect(self, protocolFactory: Any) -> defer.Deferred[Any]:
+        if self._discarded:
+            return defer.fail(error.ConnectError("the target's connections are closed"))
         self.connections += 1
         kept, self._kept = self._kept, None
         if kept is not None and kept.usable:
@@ -669,10 +672,19 @@ class _AdoptingEndpoint:
         connecting = fresh.connect(protocolFactory)
 
         def made(protocol: Any) -> Any:
-            self._made.append(protocol)
+            if self._discarded:
+                _abort(protocol)
+            else:
+                self._made.append(protocol)
             return protocol
 
         return connecting.addCallback(made)
+
+
+def _abort(protocol: Any) -> None:
+    transport = protocol.transport
+    if transport is not None and protocol.state != "CONNECTION_LOST":
+        transport.abortConnection()
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -683,11 +695,13 @@ class _PinnedConnection:
 
 
 class PinnedTarget:
-    """One target (address, port, SNI) and the one TLS connection its probes
-    share: the handshake probe's connection is kept, and the requests ride
-    it one after another (HTTP/1.1 keep-alive), as a peer's connection pool
-    does. A request made while the connection is busy, or after the server
-    closed it, gets a connection of its own. `close` drops what is left."""
+    """One target (address, port, SNI) and the one TLS connection a run
+    keeps to it: the handshake probe's connection is kept, and the requests
+    (the probes', then the later checks') ride it one after another
+    (HTTP/1.1 keep-alive), as a peer's connection pool does. A request made
+    while the connection is busy, or after the server closed it, gets a
+    connection of its own (a handshake without verification: the chain is
+    judged from the probe). `close`, when the run ends, drops them all."""
 
     def __init__(
         self,
@@ -706,6 +720,9 @@ class PinnedTarget:
         endpoint = _AdoptingEndpoint(reactor, ip, port, sni)
         self._via = _PinnedConnection(format_address(ip, port), endpoint, pool)
         self._closed = False
+        self._in_flight = 0  # requests sent and not answered yet
+        # Requests waiting for the connection to be free, first come first.
+        self._waiting: list[defer.Deferred[None]] = []
 
     @property
     def connections(self) -> int:
@@ -735,8 +752,81 @@ class PinnedTarget:
         host_header: str,
         timeout: float,
         max_bytes: int = DEFAULT_MAX_BODY_SIZE,
+        method: str = "GET",
+        extra_headers: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+        wait_for_connection_s: float = 0.0,
     ) -> defer.Deferred[HttpResult]:
-        return self._client._start(
+        """A request on the target's connection (never a redirect followed:
+        the answer is the target's own). While another request rides the
+        connection, it waits for it at most `wait_for_connection_s` (within
+        `timeout`), then takes a connection of its own. After `close` it is
+        not sent."""
+        spec = _RequestSpec(method, dict(extra_headers or {}), body)
+        if self._in_flight and wait_for_connection_s > 0 and not self._closed:
+            return defer.Deferred.fromCoroutine(
+                self._send_when_free(
+                    url,
+                    host_header,
+                    timeout,
+                    max_bytes,
+                    spec,
+                    min(wait_for_connection_s, timeout),
+                )
+            )
+        return self._send(url, host_header, timeout, max_bytes, spec)
+
+    async def _send_when_free(
+        self,
+        url: str,
+        host_header: str,
+        timeout: float,
+        max_bytes: int,
+        spec: _RequestSpec,
+        wait_s: float,
+    ) -> HttpResult:
+        clock = self._client._reactor
+        started = clock.seconds()
+        until = started + wait_s
+        while self._in_flight and not self._closed:
+            left = until - clock.seconds()
+            if left <= 0:
+                break
+            freed: defer.Deferred[None] = defer.Deferred()
+            self._waiting.append(freed)
+            freed.addTimeout(left, clock)
+            try:
+                await freed
+            except defer.TimeoutError:
+                break  # still busy: a connection of its own
+            finally:
+                if freed in self._waiting:
+                    self._waiting.remove(freed)
+        spent = clock.seconds() - started
+        return await self._send(
+            url, host_header, max(0.0, timeout - spent), max_bytes, spec
+        )
+
+    def _send(
+        self,
+        url: str,
+        host_header: str,
+        timeout: float,
+        max_bytes: int,
+        spec: _RequestSpec,
+    ) -> defer.Deferred[HttpResult]:
+        if self._closed:
+            return defer.succeed(
+                HttpResult(
+                    url=url,
+                    host_header=host_header,
+                    sni=self._sni,
+                    error=ERR_ERROR,
+                    error_message="not sent: the run had ended",
+                )
+            )
+        self._in_flight += 1
+        sending = self._client._start(
             url,
             connect_to=(self._ip, self._port),
             host_header=host_header,
@@ -745,12 +835,29 @@ class PinnedTarget:
             timeout=timeout,
             follow_redirects=False,
             verify_tls=False,
-            spec=_RequestSpec("GET", {}, None),
+            spec=spec,
             via=self._via,
         )
+        sending.addBoth(self._answered)
+        return sending
+
+    def _answered(self, result: Any) -> Any:
+        self._in_flight -= 1
+        # The connection is back in the pool by now (Twisted returns it
+        # before the response ends): the first waiter takes it.
+        while not self._in_flight and self._waiting:
+            waiter = self._waiting.pop(0)
+            if not waiter.called:
+                waiter.callback(None)
+        return result
 
     def close(self) -> None:
+        """Drop every connection to the target, in use or idle, at once."""
         self._closed = True
+        waiting, self._waiting = self._waiting, []
+        for waiter in waiting:  # they find it closed: nothing is sent
+            if not waiter.called:
+                waiter.callback(None)
         self._via.endpoint.discard()
         self._via.pool.closeCachedConnections()
 

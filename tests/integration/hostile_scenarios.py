@@ -688,9 +688,8 @@ async def run_scenario(
             dns_servers=(lab.dns_address,),
             user_agent="Synapse/hostile-test",
         )
-        checker = NetworkChecker(
-            ProcessIO(reactor, threadpool=threadpool).for_run(settings), settings
-        )
+        io = ProcessIO(reactor, threadpool=threadpool).for_run(settings)
+        checker = NetworkChecker(io, settings)
         with captured_problems() as problems:
             tracemalloc.start()
             baseline = tracemalloc.get_traced_memory()[0]
@@ -711,6 +710,9 @@ async def run_scenario(
                 peak = tracemalloc.get_traced_memory()[1] - baseline
             finally:
                 tracemalloc.stop()
+                # As the runner does when a run ends.
+                if io.targets is not None:
+                    io.targets.close_all()
             report = Report.build(
                 server_name=name,
                 checks=findings.checks,

@@ -14,7 +14,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import dns.message
@@ -25,18 +25,25 @@ import pytest
 import trustme
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from twisted.internet import reactor, ssl
+from twisted.internet import defer, reactor, ssl, task
 from twisted.python.threadpool import ThreadPool
 from twisted.trial import unittest
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from synapse_fedhealth.echo import NonceBook
 from synapse_fedhealth.engine.deadline import Deadline
 from synapse_fedhealth.engine.network_checker import NetworkChecker, NetworkFindings
-from synapse_fedhealth.report import Status
+from synapse_fedhealth.engine.probes import TargetConnections
+from synapse_fedhealth.families.outside import ForwardedHeadersFamily
+from synapse_fedhealth.families.targets import TargetInsiderFamily
+from synapse_fedhealth.homeserver import HomeserverSnapshot
+from synapse_fedhealth.report import CheckResult, Status
+from synapse_fedhealth.runner import CheckFamily, FamilyOutcome
 from synapse_fedhealth.settings import RunSettings
 from synapse_fedhealth.signing import canonical_json
-from synapse_fedhealth.wiring import ProcessIO
+from synapse_fedhealth.wiring import ProcessIO, RunIO
+from tests.unit.insider_helpers import make_key
 
 pytestmark = pytest.mark.integration
 
@@ -136,14 +143,26 @@ class FederationResource(Resource):
 class CountingSite(Site):
     """A Site that notes the address of each connection it accepts."""
 
-    def __init__(self, resource: Resource, accepted: list[str], ip: str) -> None:
+    def __init__(
+        self, resource: Resource, accepted: list[str], ip: str, live: set[Any]
+    ) -> None:
         super().__init__(resource)
         self.accepted = accepted
         self.ip = ip
+        self.live = live  # the connections open now
 
     def buildProtocol(self, addr: Any) -> Any:
         self.accepted.append(self.ip)
-        return super().buildProtocol(addr)
+        protocol = super().buildProtocol(addr)
+        self.live.add(protocol)
+        lost = protocol.connectionLost
+
+        def connection_lost(reason: Any) -> None:
+            self.live.discard(protocol)
+            lost(reason)
+
+        protocol.connectionLost = connection_lost
+        return protocol
 
 
 async def run_engine(
@@ -152,9 +171,11 @@ async def run_engine(
     ca_file: str,
     threadpool: ThreadPool,
     timeout: float = 4.0,
+    follow_ups: Callable[[RunIO, NetworkFindings], Awaitable[None]] | None = None,
 ) -> NetworkFindings:
     """One real network check of `server_name`, resolving through
-    `dns_server`, trusting `ca_file`."""
+    `dns_server`, trusting `ca_file`; then `follow_ups`, on the same run's
+    I/O."""
     settings = RunSettings(
         server_name=server_name,
         timeout_s=timeout,
@@ -164,9 +185,21 @@ async def run_engine(
         user_agent="Synapse/test",
     )
     io = ProcessIO(reactor, threadpool=threadpool).for_run(settings)
-    return await NetworkChecker(io, settings).check(
-        Deadline.after(reactor, settings.timeout_s)
-    )
+    try:
+        findings = await NetworkChecker(io, settings).check(
+            Deadline.after(reactor, settings.timeout_s)
+        )
+        if follow_ups is not None:
+            await follow_ups(io, findings)
+        return findings
+    finally:
+        # As the runner does when a run ends.
+        if io.targets is not None:
+            io.targets.close_all()
+
+
+async def _run_family(family: CheckFamily, deadline: Deadline) -> FamilyOutcome:
+    return await family.run(deadline)
 
 
 class EngineLoopbackTest(unittest.TestCase):
@@ -180,6 +213,7 @@ class EngineLoopbackTest(unittest.TestCase):
         self.threadpool = ThreadPool(minthreads=1, maxthreads=8, name="dns-test")
         self.threadpool.start()
         self.addCleanup(self.threadpool.stop)
+        self.live: set[Any] = set()  # server side: connections open now
 
     def serve_tls(self, server_name: str, cert_names: list[str]) -> int:
         leaf = self.ca.issue_cert(*cert_names)
@@ -206,7 +240,7 @@ class EngineLoopbackTest(unittest.TestCase):
         listener: Any = reactor
         port = 0
         for ip in ips:
-            site = CountingSite(resource, accepted, ip)
+            site = CountingSite(resource, accepted, ip, self.live)
             listening = listener.listenSSL(port, site, key.options(), interface=ip)
             self.addCleanup(listening.stopListening)
             port = int(listening.getHost().port)
@@ -219,10 +253,14 @@ class EngineLoopbackTest(unittest.TestCase):
         return server
 
     async def run_engine(
-        self, server_name: str, dns_server: ZoneDnsServer, timeout: float = 4.0
+        self,
+        server_name: str,
+        dns_server: ZoneDnsServer,
+        timeout: float = 4.0,
+        follow_ups: Callable[[RunIO, NetworkFindings], Awaitable[None]] | None = None,
     ) -> NetworkFindings:
         return await run_engine(
-            server_name, dns_server, self.ca_file, self.threadpool, timeout
+            server_name, dns_server, self.ca_file, self.threadpool, timeout, follow_ups
         )
 
     @staticmethod
@@ -310,16 +348,59 @@ class EngineLoopbackTest(unittest.TestCase):
 
     async def test_one_connection_per_target(self) -> None:
         """The TLS probe, the version and the keys of a target share one
-        connection, and every target is probed."""
+        connection, and every target is probed; the signed request and the
+        echo through the federation path, sent at once to the first target,
+        ride its connection too. When the run ends, none is left open."""
         ips = ["127.0.0.1", "127.0.0.3", "127.0.0.4"]
         port, accepted = self.serve_counting_connections(
             "pooled.test", ["pooled.test"], ips
         )
         server = self.dns({("pooled.test", "A"): ips})
-        findings = await self.run_engine(f"pooled.test:{port}", server)
+        later: list[CheckResult] = []
+        kept: list[TargetConnections] = []
+
+        async def follow_ups(io: RunIO, findings: NetworkFindings) -> None:
+            assert io.targets is not None
+            kept.append(io.targets)
+            snapshot = HomeserverSnapshot(
+                server_name=findings.resolution.server_name,
+                public_baseurl=None,
+                listeners=(),
+                signing_keys=(make_key(),),
+            )
+            families: list[CheckFamily] = [
+                TargetInsiderFamily(io, snapshot, findings),
+                ForwardedHeadersFamily(
+                    io,
+                    public_baseurl=None,
+                    echo=NonceBook(secret=b"s" * 32),
+                    network=findings,
+                ),
+            ]
+            deadline = Deadline.after(reactor, 4.0)
+            outcomes = await defer.gatherResults(
+                [defer.ensureDeferred(_run_family(f, deadline)) for f in families],
+                consumeErrors=True,
+            )
+            later.extend(c for o in outcomes for c in o.checks)
+
+        findings = await self.run_engine(
+            f"pooled.test:{port}", server, follow_ups=follow_ups
+        )
         get = self.by_id(findings)
         for check_id in ("tls.handshake", "federation.version", "federation.keys"):
             results = get(check_id)
             assert len(results) == len(ips), results
             assert all(r.status is Status.OK for r in results), results
+        # This server answers 404 to both; what matters is that they were
+        # answered, over the connections the probes made.
+        signed = [c for c in later if c.id == "federation.signed_request"]
+        echo = [c for c in later if c.id == "proxy.forwarded_headers"]
+        assert len(signed) == len(ips) and echo, later
+        for result in signed + echo:
+            answered = result.summary + json.dumps(result.details)
+            assert "404" in answered and "timed out" not in answered, result
         assert sorted(accepted) == sorted(ips), accepted
+        # Every connection of the run was dropped when it ended.
+        await task.deferLater(reactor, 0.05, lambda: None)
+        assert not self.live, self.live

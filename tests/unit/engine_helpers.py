@@ -8,6 +8,7 @@ from twisted.internet import defer
 
 from synapse_fedhealth.engine.deadline import Deadline
 from synapse_fedhealth.engine.network_checker import NetworkChecker, NetworkFindings
+from synapse_fedhealth.engine.probes import TargetConnections
 from synapse_fedhealth.net.tls import TrustStore
 from synapse_fedhealth.settings import RunSettings
 from synapse_fedhealth.wiring import RunIO
@@ -23,6 +24,7 @@ def fake_io(
     tls: Any,
     trust: TrustStore | None = None,
     trust_error: str = "",
+    targets: TargetConnections | None = None,
 ) -> RunIO:
     return RunIO(
         resolver=resolver,
@@ -31,6 +33,7 @@ def fake_io(
         trust=trust or TrustStore(),
         trust_error=trust_error,
         wall_clock=lambda: WALL_CLOCK_START + reactor.seconds(),
+        targets=targets,
     )
 
 

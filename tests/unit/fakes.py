@@ -165,6 +165,44 @@ class FakeTls:
         )
 
 
+class FakeTargetConnection:
+    """A target's kept connection over `FakeTls` and `FakeHttp`: its
+    handshake is the TLS probe (`tls.probed`); its requests are answered by
+    `http` (and listed in `http.requests`) and noted in `ridden`: they ride
+    the kept connection, with no handshake of their own."""
+
+    def __init__(
+        self, http: FakeHttp, tls: FakeTls, target: Any, ridden: list[str]
+    ) -> None:
+        self._http = http
+        self._tls = tls
+        self._target = target
+        self._ridden = ridden
+        self.closed = False
+
+    def handshake(self, timeout: float) -> defer.Deferred[TlsProbeResult]:
+        t = self._target
+        return self._tls.probe(t.ip, t.port, t.sni, timeout)
+
+    def get(
+        self, url: str, *, host_header: str, timeout: float, **kw: Any
+    ) -> defer.Deferred[HttpResult]:
+        self._ridden.append(url)
+        t = self._target
+        kw.pop("wait_for_connection_s", None)
+        return self._http.get(
+            url,
+            connect_to=(t.ip, t.port),
+            host_header=host_header,
+            sni=t.sni,
+            timeout=timeout,
+            **kw,
+        )
+
+    def close(self) -> None:
+        self.closed = True
+
+
 def report_of(
     *checks: CheckResult, notes: tuple[str, ...] = (), server_name: str = "example.com"
 ) -> Report:

@@ -19,6 +19,7 @@ from synapse_fedhealth.homeserver import HomeserverSnapshot, ListenerInfo
 from synapse_fedhealth.report import Report, Status, ok
 from synapse_fedhealth.runner import CheckFamily, FamilyOutcome
 from synapse_fedhealth.service import FedHealthService
+from tests.unit.engine_helpers import fake_io
 
 
 class CountingFamily:
@@ -101,7 +102,9 @@ class DeploymentTest(SynchronousTestCase):
             server_name="example.com",
             snapshot=snapshot(resources),
             clock=self.clock,
-            run_io=lambda settings: None,  # type: ignore[arg-type,return-value]
+            run_io=lambda settings: fake_io(
+                self.clock, resolver=None, http=None, tls=None
+            ),
             families=Families(self.family) if checks else Families(CountingFamily()),
             runs_network=checks,
             user_agent="Synapse/test",

@@ -1,17 +1,21 @@
-"""What one run costs the network: every request and DNS question of a
-healthy run, counted through the real families, runner and run-scoped DNS
-cache, with fake I/O. A notary costs one resolution and one POST, never a
-probe of its addresses."""
+"""What one run costs the network: every request, TLS handshake and DNS
+question of a healthy run, counted through the real families, runner,
+run-scoped DNS cache and target connections, with fake I/O. The requests to
+the target ride the probe's connection: one handshake for the target. A
+notary costs one resolution and one POST, never a probe of its
+addresses."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import attr
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 
 from synapse_fedhealth.config import parse_fedhealth_config
 from synapse_fedhealth.echo import NonceBook
+from synapse_fedhealth.engine.probes import TargetConnections
 from synapse_fedhealth.families import DefaultFamilies
 from synapse_fedhealth.homeserver import HomeserverSnapshot, ListenerInfo
 from synapse_fedhealth.net.dns_cache import RunScopedDnsCache
@@ -20,7 +24,13 @@ from synapse_fedhealth.report import Report
 from synapse_fedhealth.service import FedHealthService
 from synapse_fedhealth.settings import RunSettings
 from tests.unit.engine_helpers import WALL_CLOCK_START, fake_io
-from tests.unit.fakes import VERSION, FakeHttp, FakeResolver, FakeTls
+from tests.unit.fakes import (
+    VERSION,
+    FakeHttp,
+    FakeResolver,
+    FakeTargetConnection,
+    FakeTls,
+)
 from tests.unit.insider_helpers import key_response, make_key, notary_info
 
 KEY = make_key()
@@ -50,7 +60,28 @@ class SynapseLikeHttp(FakeHttp):
         )
 
 
-def _run(notaries: tuple[Any, ...]) -> tuple[Report, FakeHttp, FakeTls, int]:
+@attr.s(slots=True, auto_attribs=True)
+class Run:
+    report: Report
+    http: FakeHttp
+    tls: FakeTls
+    dns_queries: int
+    # The requests that rode a target's kept connection.
+    ridden: list[str]
+    connections: list[FakeTargetConnection]
+
+    def handshakes_to(self, ip: str, port: int) -> int:
+        """The TLS probes of `ip`, and every request to `ip:port` that did
+        not ride the kept connection (each of those handshakes on its own)."""
+        own = [
+            url
+            for url, connect_to, _ in self.http.requests
+            if connect_to == (ip, port) and url not in self.ridden
+        ]
+        return self.tls.probed.count(ip) + len(own)
+
+
+def _run(notaries: tuple[Any, ...]) -> Run:
     reactor = MemoryReactorClock()
     snapshot = HomeserverSnapshot(
         server_name=SERVER,
@@ -84,9 +115,21 @@ def _run(notaries: tuple[Any, ...]) -> tuple[Report, FakeHttp, FakeTls, int]:
         {(SERVER, "A"): [SERVER_IP], ("notary.example.org", "A"): [NOTARY_IP]}
     )
     cache = RunScopedDnsCache(dns)
+    ridden: list[str] = []
+    made: list[FakeTargetConnection] = []
+
+    def connect(target: Any) -> FakeTargetConnection:
+        made.append(FakeTargetConnection(http, tls, target, ridden))
+        return made[-1]
 
     def run_io(settings: RunSettings) -> Any:
-        return fake_io(reactor, resolver=cache, http=http, tls=tls)
+        return fake_io(
+            reactor,
+            resolver=cache,
+            http=http,
+            tls=tls,
+            targets=TargetConnections(connect),
+        )
 
     service = FedHealthService(
         config=parse_fedhealth_config({"timeout": "5s"}),
@@ -103,7 +146,7 @@ def _run(notaries: tuple[Any, ...]) -> tuple[Report, FakeHttp, FakeTls, int]:
     report: list[Report] = []
     d.addCallback(report.append)
     assert report, "the run finishes at once with fakes"
-    return report[0], http, tls, cache.queries_sent
+    return Run(report[0], http, tls, cache.queries_sent, ridden, made)
 
 
 def _requests(http: FakeHttp) -> list[str]:
@@ -111,8 +154,9 @@ def _requests(http: FakeHttp) -> list[str]:
 
 
 def test_a_healthy_run_makes_eight_requests_and_four_dns_queries() -> None:
-    report, http, tls, dns_queries = _run(notaries=())
-    failed = [c.id for c in report.checks if c.status.value == "fail"]
+    run = _run(notaries=())
+    http = run.http
+    failed = [c.id for c in run.report.checks if c.status.value == "fail"]
     assert not failed
     # The echo goes through the client path and the federation path; the
     # eighth is the support well-known (client.support_well_known).
@@ -120,12 +164,27 @@ def test_a_healthy_run_makes_eight_requests_and_four_dns_queries() -> None:
     echoes = [(u, c) for u, c, _ in http.requests if "/fedhealth/echo/" in u]
     assert [c for _, c in echoes].count((SERVER_IP, 8448)) == 1
     # The server name's A, AAAA and its two SRV names; nothing asked twice.
-    assert dns_queries == 4
-    assert tls.probed == [SERVER_IP]
+    assert run.dns_queries == 4
+    assert run.tls.probed == [SERVER_IP]
+
+
+def test_a_healthy_run_makes_one_handshake_to_its_target() -> None:
+    run = _run(notaries=())
+    to_target = [u for u, c, _ in run.http.requests if c == (SERVER_IP, 8448)]
+    # The version, the keys, the signed request and the federation echo all
+    # ride the probe's connection: none makes a handshake of its own.
+    kinds = ("/v1/version", "/key/v2/server", "/v1/state_ids/", "/fedhealth/echo/")
+    assert sorted(k for u in to_target for k in kinds if k in u) == sorted(kinds)
+    assert len(to_target) == len(kinds), to_target
+    assert sorted(run.ridden) == sorted(to_target)
+    assert run.handshakes_to(SERVER_IP, 8448) == 1
+    # One connection for the target, closed when the run ended.
+    assert len(run.connections) == 1 and run.connections[0].closed
 
 
 def test_a_notary_costs_one_resolution_and_one_post() -> None:
-    _, http, tls, dns_queries = _run(notaries=(notary_info(NOTARY_KEY),))
+    run = _run(notaries=(notary_info(NOTARY_KEY),))
+    http, tls, dns_queries = run.http, run.tls, run.dns_queries
     extra = [u for u in _requests(http) if "notary.example.org" in u]
     # Its well-known (discovery) and the query; no version, keys or TLS probe.
     assert [u.rsplit("/", 3)[-3:] for u in extra] == [

@@ -1,6 +1,7 @@
 """How `TargetProber` uses a target's connection: every target at once, the
 handshake first, then the version and keys requests one after the other on
-it, with the keys going their own way when the version hangs."""
+it, with the keys going their own way when the version hangs; the
+connection stays open for the run's later checks until `close_all`."""
 
 from __future__ import annotations
 
@@ -14,7 +15,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from synapse_fedhealth.checks.federation import KEYS_PATH, VERSION_PATH
 from synapse_fedhealth.engine.deadline import KEYS_WAIT_SHARE, Deadline
-from synapse_fedhealth.engine.probes import TargetProbe, TargetProber
+from synapse_fedhealth.engine.probes import (
+    TargetConnections,
+    TargetProbe,
+    TargetProber,
+)
 from synapse_fedhealth.net.results import (
     ConnectOutcome,
     HandshakeOutcome,
@@ -52,7 +57,7 @@ class RecordingConnection:
         return self.handshaking
 
     def get(
-        self, url: str, *, host_header: str, timeout: float
+        self, url: str, *, host_header: str, timeout: float, **kw: Any
     ) -> defer.Deferred[HttpResult]:
         path = urllib.parse.urlsplit(url).path
         self.log.append((self.target.ip, path))
@@ -86,6 +91,7 @@ class TargetProberConnectionTest(SynchronousTestCase):
         self.log: list[tuple[str, str]] = []
         self.connections: dict[str, RecordingConnection] = {}
         self.targets = [_target(i) for i in range(1, 5)]
+        self.run_connections = TargetConnections(self.connect)
 
     def connect(self, target: Target) -> Any:
         connection = RecordingConnection(target, self.log)
@@ -93,7 +99,9 @@ class TargetProberConnectionTest(SynchronousTestCase):
         return connection
 
     def probe(self, timeout: float = 8.0) -> defer.Deferred[Mapping[str, TargetProbe]]:
-        prober = TargetProber(FakeHttp({}), FakeTls({}), connect=self.connect)
+        prober = TargetProber(
+            FakeHttp({}), FakeTls({}), connections=self.run_connections
+        )
         return defer.ensureDeferred(
             prober.probe_targets(self.targets, Deadline.after(self.reactor, timeout))
         )
@@ -112,7 +120,7 @@ class TargetProberConnectionTest(SynchronousTestCase):
         first.answer(VERSION_PATH)
         assert self.log[-1] == ("192.0.2.1", KEYS_PATH)
         first.answer(KEYS_PATH)
-        assert first.closed
+        assert not first.closed  # the run's, for the checks that follow
         for connection in list(self.connections.values())[1:]:
             connection.finish_handshake()
             connection.answer(VERSION_PATH)
@@ -122,6 +130,8 @@ class TargetProberConnectionTest(SynchronousTestCase):
             p.version is not None and p.version.status == 200 for p in probes.values()
         )
         assert all(p.keys is not None and p.keys.status == 200 for p in probes.values())
+        assert not any(c.closed for c in self.connections.values())
+        self.run_connections.close_all()
         assert all(c.closed for c in self.connections.values())
         # The keys' wait for the connection left no timer behind.
         pending: list[Any] = list(self.reactor.getDelayedCalls())
@@ -141,4 +151,20 @@ class TargetProberConnectionTest(SynchronousTestCase):
         probe = self.successResultOf(done)["192.0.2.1:8448"]
         assert probe.keys is not None and probe.keys.status == 200
         assert probe.version is not None and probe.version.error is ProbeError.TIMEOUT
+        assert not connection.closed
+        self.run_connections.close_all()
         assert connection.closed
+
+    def test_one_connection_per_target_address_for_the_run(self) -> None:
+        self.targets = self.targets[:2]
+        self.probe()
+        first = self.run_connections.for_target(self.targets[0])
+        assert first is self.connections["192.0.2.1"]
+        # Asked again (a later check), it is the same connection.
+        assert self.run_connections.for_target(_target(1)) is first
+        assert len(self.connections) == 2
+        self.run_connections.close_all()
+        assert all(c.closed for c in self.connections.values())
+        # Asked for after the run ended, a connection is closed at once.
+        late = self.run_connections.for_target(_target(9))
+        assert isinstance(late, RecordingConnection) and late.closed
