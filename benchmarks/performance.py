@@ -86,6 +86,7 @@ PROBE_MODULE = "tests.support.perf_probe_module.PerfProbeModule"
 ENDPOINT = "/_synapse/fedhealth"
 AGENT_PATH = "/_synapse/perfbench/agent_version"
 LAG_PATH = "/_synapse/perfbench/lag"
+WHOAMI_PATH = "/_matrix/client/v3/account/whoami"
 SERVER_NAME = "perfbench.test"
 RUN_TIMEOUT_S = 10.0  # the module's `timeout` (its default)
 REQUEST_TIMEOUT_S = 60.0
@@ -505,6 +506,9 @@ def item_4_serving(
     tool = "wrk" if shutil.which("wrk") else "python"
     cached = load(report_url, auth, reps.load_s)
     health = load(health_url, {}, reps.load_s)
+    # The cheapest authenticated request Synapse serves (same token, a body
+    # of a few bytes): what Synapse's own request path and auth cost.
+    whoami = load(f"{world.base_url}{WHOAMI_PATH}", auth, reps.load_s)
     if profile_dir is not None:
         profile_dir.mkdir(parents=True, exist_ok=True)
         (profile_dir / "served-report.json").write_text(
@@ -524,6 +528,9 @@ def item_4_serving(
         Row(4, "GET /health (same listener): requests/s", health.rps, "req/s"),
         Row(4, "GET /health: p99", health.p99_ms, "ms"),
         Row(4, "cached report / health requests/s", ratio(cached.rps, health.rps), "x", ">=", 0.5),
+        Row(4, f"GET {WHOAMI_PATH} (same token): requests/s", whoami.rps, "req/s",
+            note=f"p99 {whoami.p99_ms:.2f} ms, {ratio(whoami.rps, health.rps):.2f}x of /health"),
+        Row(4, "cached report / whoami requests/s", ratio(cached.rps, whoami.rps), "x"),
     ]  # fmt: skip
 
 
