@@ -451,6 +451,9 @@ def item_3_reactor(world: BenchWorld, reps: Reps) -> list[Row]:
             note=f"{busy['count']} ticks, runs {median(durations):.0f} ms median"),
         Row(3, "reactor lag during runs: p99", float(busy["p99_ms"]), "ms", "<=", 5),
         Row(3, "reactor lag during runs: max", float(busy["max_ms"]), "ms", "<=", 20),
+        Row(3, "ticks later than 5 ms that waited on a garbage-collector pass", float(busy.get("late_ticks_waiting_on_gc") or 0), "ticks",
+            note=f"of {busy.get('late_ticks')} late ticks; Synapse's collector ran {busy.get('gc_passes')} passes, "
+            f"{busy.get('gc_total_ms')} ms in all, the longest {busy.get('gc_max_ms')} ms"),
         Row(3, "/health latency during runs: p50", median(latencies), "ms",
             note=f"{len(latencies)} polls"),
         Row(3, "/health latency during runs: p99", percentile(latencies, 0.99), "ms"),
