@@ -707,7 +707,7 @@ def profile_runs(world: BenchWorld, directory: Path, runs: int) -> list[Row]:
         return []
     busy, out = profiled
     return [
-        Row(2, f"Synapse busy (py-spy, all threads) during {runs} profiled runs ({world.addresses} targets)",
+        Row(2, f"Synapse holding the GIL (py-spy) during {runs} profiled runs ({world.addresses} targets)",
             busy, "%", note=f"profile in {out}"),
     ]  # fmt: skip
 
@@ -722,7 +722,8 @@ def profile_during(
     """py-spy (speedscope format) of our Synapse while `action` runs, into
     DIR/NAME.speedscope.json, with a summary of the frames with the most own
     time in DIR/NAME.txt. Returns (busy % of wall time over all threads, the
-    profile), or None without py-spy."""
+    profile), or None without py-spy. Only samples of a thread holding the
+    GIL count: a thread waiting in epoll, a socket or a lock is not busy."""
     py_spy = shutil.which("py-spy")
     if py_spy is None:
         print("py-spy is not on PATH: no profile", file=sys.stderr)
@@ -732,7 +733,7 @@ def profile_during(
     log_path = directory / f"{name}.py-spy.log"
     log = open(log_path, "wb")  # closed below
     recorder = subprocess.Popen(
-        [py_spy, "record", "--pid", str(world.pid), "--rate", "500", "--nonblocking",
+        [py_spy, "record", "--pid", str(world.pid), "--rate", "500", "--nonblocking", "--gil",
          "--format", "speedscope", "--output", str(out)],
         stdout=subprocess.DEVNULL,
         stderr=log,
@@ -757,8 +758,8 @@ def profile_during(
     summary = summarise_speedscope(json.loads(out.read_text(encoding="utf-8")))
     text = (
         f"py-spy of the benchmark Synapse during {what}: {wall_s:.1f} s of wall "
-        f"time, in which py-spy saw {summary.cpu_s:.1f} s of busy samples over all "
-        f"threads (idle left out; {summary.samples} distinct stacks). Generated "
+        f"time, in which py-spy saw {summary.cpu_s:.1f} s of samples holding the "
+        f"GIL (Python running; waits left out; {summary.samples} samples). Generated "
         f"{_now()} by benchmarks/performance.py --profile.\n"
         f"Profile: {out}\n\n" + summary.text()
     )
@@ -773,9 +774,13 @@ class ProfileSummary:
     cpu_s: float  # py-spy's weights are seconds of samples (idle left out)
     own: list[tuple[str, float]]  # frame, share of samples (0..1), most first
     total: list[tuple[str, float]]
+    # share of samples per `cost_of` kind, most first
+    kinds: list[tuple[str, float]] = attr.Factory(list)
 
     def text(self, top: int = 10) -> str:
-        lines = [f"Top {top} frames by own time (share of CPU samples):"]
+        lines = ["What the samples were doing (share of samples):"]
+        lines += [f"  {share * 100:5.1f} %  {kind}" for kind, share in self.kinds]
+        lines += ["", f"Top {top} frames by own time (share of CPU samples):"]
         lines += [f"  {share * 100:5.1f} %  {frame}" for frame, share in self.own[:top]]
         ours = [(f, v) for f, v in self.total if "synapse_fedhealth/" in f]
         lines += [
@@ -802,6 +807,7 @@ def summarise_speedscope(data: dict[str, Any]) -> ProfileSummary:
     ]
     own: dict[str, float] = {}
     total: dict[str, float] = {}
+    kinds: dict[str, float] = {}
     samples = 0
     weight_sum = 0.0
     for profile in data.get("profiles", []):
@@ -815,6 +821,8 @@ def summarise_speedscope(data: dict[str, Any]) -> ProfileSummary:
             own[leaf] = own.get(leaf, 0.0) + weight
             for name in {names[i] for i in stack}:
                 total[name] = total.get(name, 0.0) + weight
+            kind = cost_of([names[i] for i in stack])
+            kinds[kind] = kinds.get(kind, 0.0) + weight
     if not samples or weight_sum <= 0:
         return ProfileSummary(0, 0.0, [], [])
 
@@ -823,7 +831,31 @@ def summarise_speedscope(data: dict[str, Any]) -> ProfileSummary:
             ((k, v / weight_sum) for k, v in table.items()), key=lambda kv: -kv[1]
         )
 
-    return ProfileSummary(samples, weight_sum, ranked(own), ranked(total))
+    return ProfileSummary(
+        samples, weight_sum, ranked(own), ranked(total), ranked(kinds)
+    )
+
+
+def cost_of(stack: Sequence[str]) -> str:
+    """What one sample of the benchmark Synapse was doing, outermost frame
+    first: every address is this Synapse, so a run's time is partly the
+    serving side of its own requests."""
+    text = " | ".join(stack)
+    if "perf_probe_module" in text:
+        return "the benchmark's own probe module"
+    if "Thread._bootstrap" in text:
+        if "net/dns.py" in text or "dns/" in text:
+            return "DNS lookup threads"
+        if "synapse/storage" in text:
+            return "database threads"
+        return "other threads"
+    if "SynapseRequest.render" in text or "Request.process" in text:
+        return "Synapse serving a request (the run's own, or the load)"
+    if "do_handshake" in text:
+        return "TLS handshakes of the module's connections"
+    if "synapse_fedhealth/" in text or "_newclient.py" in text:
+        return "the module and its HTTP client"
+    return "other (the reactor loop, Synapse's background work)"
 
 
 def _short_path(path: str) -> str:
