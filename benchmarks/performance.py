@@ -389,15 +389,12 @@ def item_1_run_vs_agent(
         walls.append(wall)
         agent.append(world.agent_version_ms())
     verdict = _verdict(report)
-    if profile_dir is not None:
-        profile_during(
-            world,
-            profile_dir,
-            "synapse-1-target",
-            f"{reps.runs * 4} full runs with 1 A record",
-            lambda: _runs(world, reps.runs * 4, RUN_GAP_S),
-        )
-    return [
+    profiled = (
+        profile_runs(world, profile_dir, reps.runs * 4, 1, RUN_GAP_S)
+        if profile_dir is not None
+        else []
+    )
+    return profiled + [
         Row(1, "full run, 1 target: duration_ms (median)", median(runs), "ms",
             note=f"verdict {verdict}, {len(report.get('checks', []))} checks"),
         Row(1, "full run, 1 target: endpoint wall time (median)", median(walls), "ms"),
@@ -426,7 +423,7 @@ def item_2_scaling(
                 f"ratelimiter queued {limited:.1f} requests per run")
         )  # fmt: skip
         if n == SCALES[-1] and profile_dir is not None:
-            rows += profile_runs(world, profile_dir, reps.runs * 2)
+            rows += profile_runs(world, profile_dir, reps.runs * 2, 2)
     rows.append(
         Row(2, f"{SCALES[-1]} / {SCALES[0]} A records", ratio(by_scale[SCALES[-1]], by_scale[SCALES[0]]), "x", "<=", 1.5)
     )  # fmt: skip
@@ -694,21 +691,32 @@ def _python_load(url: str, headers: dict[str, str], seconds: float) -> Load:
 # -- profiling --------------------------------------------------------------------
 
 
-def profile_runs(world: BenchWorld, directory: Path, runs: int) -> list[Row]:
-    """py-spy of our Synapse during `runs` full runs (item 2, 16 targets)."""
+def profile_runs(
+    world: BenchWorld, directory: Path, runs: int, item: int, gap_s: float = 0.0
+) -> list[Row]:
+    """py-spy of our Synapse during `runs` full runs: how much of each run
+    Synapse spent running Python (holding the GIL), next to how long a run
+    took."""
+    durations: list[float] = []
+
+    def action() -> None:
+        durations.extend(_runs(world, runs, gap_s)[0])
+
     profiled = profile_during(
         world,
         directory,
         f"synapse-{world.addresses}-targets",
         f"{runs} full runs with {world.addresses} A records",
-        lambda: _runs(world, runs),
+        action,
     )
-    if profiled is None:
+    if profiled is None or not durations:
         return []
-    busy, out = profiled
+    summary, _, out = profiled
+    per_run_ms = summary.cpu_s / runs * 1000
     return [
-        Row(2, f"Synapse holding the GIL (py-spy) during {runs} profiled runs ({world.addresses} targets)",
-            busy, "%", note=f"profile in {out}"),
+        Row(item, f"Synapse holding the GIL per run (py-spy, {runs} runs, {world.addresses} targets)",
+            per_run_ms, "ms",
+            note=f"runs took {median(durations):.0f} ms (median); profile in {out}"),
     ]  # fmt: skip
 
 
@@ -718,12 +726,13 @@ def profile_during(
     name: str,
     what: str,
     action: Callable[[], object],
-) -> tuple[float, Path] | None:
+) -> tuple[ProfileSummary, float, Path] | None:
     """py-spy (speedscope format) of our Synapse while `action` runs, into
     DIR/NAME.speedscope.json, with a summary of the frames with the most own
-    time in DIR/NAME.txt. Returns (busy % of wall time over all threads, the
-    profile), or None without py-spy. Only samples of a thread holding the
-    GIL count: a thread waiting in epoll, a socket or a lock is not busy."""
+    time in DIR/NAME.txt. Returns (the summary, the wall time in seconds,
+    the profile's path), or None without py-spy. Only samples of a thread
+    holding the GIL count: a thread waiting in epoll, a socket or a lock is
+    not busy."""
     py_spy = shutil.which("py-spy")
     if py_spy is None:
         print("py-spy is not on PATH: no profile", file=sys.stderr)
@@ -765,7 +774,7 @@ def profile_during(
     )
     (directory / f"{name}.txt").write_text(text, encoding="utf-8")
     print(text)
-    return summary.cpu_s / wall_s * 100, out
+    return summary, wall_s, out
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
