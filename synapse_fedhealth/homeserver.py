@@ -220,10 +220,18 @@ def snapshot_from_synapse(config: HomeServerConfig) -> HomeserverSnapshot:
     listeners = worker.worker_listeners if is_worker else config.server.listeners
 
     # Synapse keeps only the trust root built from federation_custom_ca_list,
-    # not the file names; re-read them from the config files.
+    # not the file names; re-read them from the config files. Without a
+    # trust root there is no list: re-parsing the YAML (milliseconds of the
+    # homeserver's start-up) would find none.
     custom_ca_list: tuple[str, ...] | None = None
+    # (A Synapse without the attribute: read the files, as before.)
+    may_have_list = getattr(config.tls, "federation_ca_trust_root", True) is not None
     try:
-        raw = read_config_files(config.config_files) if config.config_files else {}
+        raw = (
+            read_config_files(config.config_files)
+            if config.config_files and may_have_list
+            else {}
+        )
         ca_list = raw.get("federation_custom_ca_list")
         if isinstance(ca_list, list):
             custom_ca_list = tuple(str(p) for p in ca_list)
@@ -656,6 +664,26 @@ MAX_SHARED_ROOM_SERVERS_QUERY_ROWS = 50
 DEFAULT_FEDERATION_PORT = 8448
 
 
+class _OutboundAgents:
+    """What `SynapseOutbound` builds on Synapse's federation TLS policy."""
+
+    __slots__ = ("tls_policy", "well_known", "well_known_agent", "worker_agent")
+
+    def __init__(
+        self,
+        *,
+        tls_policy: Any,
+        worker_agent: Any,
+        well_known_agent: _RecordingAgent,
+        well_known: Any,
+    ) -> None:
+        self.tls_policy = tls_policy
+        # Through the federation proxy workers (None: this instance sends).
+        self.worker_agent = worker_agent
+        self.well_known_agent = well_known_agent
+        self.well_known = well_known
+
+
 class SynapseOutbound:
     """`engine.outbound.OutboundClient` and `DestinationsReader` on Synapse's
     own code: the `MatrixFederationAgent` that `MatrixFederationHttpClient`
@@ -669,46 +697,38 @@ class SynapseOutbound:
     """
 
     def __init__(self, api: ModuleApi) -> None:
+        # Looked up now, so that a Synapse that moved them makes the client
+        # unavailable at start-up (outbound.reach then skips), as before
+        # any agent is made.
         from synapse.crypto.context_factory import FederationPolicyForHTTPS
         from synapse.http.client import BlocklistingAgentWrapper
         from synapse.http.federation.well_known_resolver import WellKnownResolver
         from synapse.http.proxyagent import ProxyAgent
         from synapse.util.caches.ttlcache import TTLCache
 
+        self._synapse_classes: tuple[Any, Any, Any, Any] = (
+            FederationPolicyForHTTPS,
+            BlocklistingAgentWrapper,
+            WellKnownResolver,
+            ProxyAgent,
+        )
         hs = api._hs
         self._api = api
         self._hs = hs
         # Any: Synapse's zope interfaces need the mypy-zope plugin to type.
         self._reactor: Any = hs.get_reactor()
         config = hs.config
-        self._tls_policy: Any = FederationPolicyForHTTPS(config)
         self._user_agent = user_agent_of(api).encode("ascii", "replace")
         self._blocklist = config.server.federation_ip_range_blocklist
         self._allowlist = config.server.federation_ip_range_allowlist
         self._proxy_config = config.server.proxy_config
         self.minimum_tls_version = str(config.tls.federation_client_minimum_tls_version)
         restricted = config.worker.outbound_federation_restricted_to
+        self._restricted = restricted
         self._direct = hs.get_instance_name() in restricted
         self.via_workers: tuple[str, ...] = (
             () if self._direct else tuple(restricted.instances or ())
         )
-        self._worker_agent = None
-        if not self._direct:
-            from synapse.http.connectproxyclient import BearerProxyCredentials
-
-            secret = config.worker.worker_replication_secret or ""
-            self._worker_agent = BlocklistingAgentWrapper(
-                _any(ProxyAgent)(
-                    reactor=self._reactor,
-                    proxy_reactor=self._reactor,
-                    contextFactory=self._tls_policy,
-                    federation_proxy_locations=restricted.locations,
-                    federation_proxy_credentials=BearerProxyCredentials(
-                        secret.encode("ascii")
-                    ),
-                ),
-                ip_blocklist=self._blocklist,
-            )
         # Our own well-known caches, registered once per process under our
         # own cache names (a second "well-known" would take over Synapse's
         # cache metrics); emptied of a server before each probe of it.
@@ -718,25 +738,68 @@ class SynapseOutbound:
         self._had_well_known_cache: Any = TTLCache(
             cache_name="fedhealth_had_well_known", server_name=hs.hostname
         )
-        self._well_known_agent = _RecordingAgent(
+        # The TLS policy and the agents on it are made by the first probe:
+        # the policy loads the system's CA store (about 13 ms of the
+        # homeserver's start-up), and the first run comes later.
+        self._agents: _OutboundAgents | None = None
+
+    def _agents_for_probes(self) -> _OutboundAgents:
+        if self._agents is None:
+            self._agents = self._make_agents()
+        return self._agents
+
+    def _make_agents(self) -> _OutboundAgents:
+        (
+            FederationPolicyForHTTPS,
+            BlocklistingAgentWrapper,
+            WellKnownResolver,
+            ProxyAgent,
+        ) = self._synapse_classes
+        hs = self._hs
+        config = hs.config
+        tls_policy: Any = FederationPolicyForHTTPS(config)
+        worker_agent = None
+        if not self._direct:
+            from synapse.http.connectproxyclient import BearerProxyCredentials
+
+            secret = config.worker.worker_replication_secret or ""
+            worker_agent = BlocklistingAgentWrapper(
+                _any(ProxyAgent)(
+                    reactor=self._reactor,
+                    proxy_reactor=self._reactor,
+                    contextFactory=tls_policy,
+                    federation_proxy_locations=self._restricted.locations,
+                    federation_proxy_credentials=BearerProxyCredentials(
+                        secret.encode("ascii")
+                    ),
+                ),
+                ip_blocklist=self._blocklist,
+            )
+        well_known_agent = _RecordingAgent(
             _any(BlocklistingAgentWrapper)(
                 _any(ProxyAgent)(
                     reactor=self._blocking_reactor(),
                     proxy_reactor=self._reactor,
-                    contextFactory=self._tls_policy,
+                    contextFactory=tls_policy,
                     proxy_config=self._proxy_config,
                 ),
                 ip_blocklist=self._blocklist,
             )
         )
-        self._well_known = WellKnownResolver(
+        well_known = WellKnownResolver(
             server_name=hs.hostname,
             reactor=self._blocking_reactor(),
             clock=hs.get_clock(),
-            agent=_any(self._well_known_agent),
+            agent=_any(well_known_agent),
             user_agent=self._user_agent,
             well_known_cache=self._well_known_cache,
             had_well_known_cache=self._had_well_known_cache,
+        )
+        return _OutboundAgents(
+            tls_policy=tls_policy,
+            worker_agent=worker_agent,
+            well_known_agent=well_known_agent,
+            well_known=well_known,
         )
 
     def _blocking_reactor(self) -> Any:
@@ -788,25 +851,26 @@ class SynapseOutbound:
 
         from synapse_fedhealth.checks.outbound import OutboundProbe
 
+        agents = self._agents_for_probes()
         name = server_name.encode("ascii", "replace")
-        self._well_known_agent.errors.pop(server_name, None)
+        agents.well_known_agent.errors.pop(server_name, None)
         self._well_known_cache.pop(name, None)
         self._had_well_known_cache.pop(name, None)
         srv = _recording_srv_resolver()
-        agent: Any = self._worker_agent
+        agent: Any = agents.worker_agent
         pool = None
         if agent is None:
             direct = MatrixFederationAgent(
                 server_name=self._hs.hostname,
                 reactor=self._reactor,
                 clock=self._hs.get_clock(),
-                tls_client_options_factory=self._tls_policy,
+                tls_client_options_factory=agents.tls_policy,
                 user_agent=self._user_agent,
                 ip_allowlist=self._allowlist,
                 ip_blocklist=self._blocklist,
                 proxy_config=self._proxy_config,
                 _srv_resolver=srv,
-                _well_known_resolver=self._well_known,
+                _well_known_resolver=agents.well_known,
             )
             pool = direct._pool
             agent = _any(BlocklistingAgentWrapper)(direct, ip_blocklist=self._blocklist)
@@ -839,7 +903,7 @@ class SynapseOutbound:
             proxy=self._proxy_for(hosts),
             via_workers=self.via_workers,
             minimum_tls_version=self.minimum_tls_version,
-            well_known_error=self._well_known_agent.errors.pop(server_name, ()),
+            well_known_error=agents.well_known_agent.errors.pop(server_name, ()),
         )
 
     async def _get(

@@ -35,9 +35,9 @@ from synapse_fedhealth.deployment import (
     SharedReports,
 )
 from synapse_fedhealth.echo import EchoResource, NonceBook, secret_from_signing_key
+from synapse_fedhealth.engine.outbound import OutboundEnvironment, probe_servers_for
 from synapse_fedhealth.engine.spawn import use_stepper
 from synapse_fedhealth.families import DefaultFamilies, FamilyFactory
-from synapse_fedhealth.families.outbound import OutboundEnvironment, probe_servers_for
 from synapse_fedhealth.monitor import log_config_problems
 from synapse_fedhealth.report import Report
 from synapse_fedhealth.resource import FedHealthResource

@@ -7,24 +7,29 @@ once); `ProcessIO.for_run` gives the `RunIO` that the families of one run
 share, so the same DNS question gets the same answer within a run, and the
 checks that go to a target ride the one TLS connection the run keeps to it
 (closed by the runner when the run ends).
+
+The network code (dnspython, the HTTP client, the TLS prober) is imported by
+the first run, not when the module loads: Synapse's start-up does not wait
+for it.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attr
-from twisted.python.threadpool import ThreadPool
 
-from synapse_fedhealth.engine.probes import TargetConnections
-from synapse_fedhealth.net.aia import IssuerFetcher, PlainHttpIssuerFetcher
-from synapse_fedhealth.net.dns import DnsLookupPool, DnsResolver, ThreadedDnsResolver
-from synapse_fedhealth.net.dns_cache import RunScopedDnsCache
-from synapse_fedhealth.net.http import HttpFetcher, ProbeHttpClient
-from synapse_fedhealth.net.tls import TlsProber, TrustStore, TwistedTlsProber
-from synapse_fedhealth.settings import RunSettings
+if TYPE_CHECKING:
+    from twisted.python.threadpool import ThreadPool
+
+    from synapse_fedhealth.engine.probes import TargetConnections
+    from synapse_fedhealth.net.aia import IssuerFetcher
+    from synapse_fedhealth.net.dns import DnsLookupPool, DnsResolver
+    from synapse_fedhealth.net.http import HttpFetcher
+    from synapse_fedhealth.net.tls import TlsProber, TrustStore
+    from synapse_fedhealth.settings import RunSettings
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True, kw_only=True)
@@ -56,6 +61,8 @@ def load_trust_store(ca_files: tuple[str, ...]) -> tuple[TrustStore, str]:
 
     A bad CA file is a config problem (linted by config.tls_listener); the
     network checks judge with the system store rather than not at all."""
+    from synapse_fedhealth.net.tls import TrustStore
+
     try:
         return TrustStore(ca_files), ""
     except (OSError, ValueError) as e:
@@ -72,13 +79,29 @@ class ProcessIO:
         self, reactor: Any, *, threadpool: DnsLookupPool | ThreadPool | None = None
     ) -> None:
         self.reactor = reactor
-        self.threadpool = threadpool or DnsLookupPool(reactor)
+        self._threadpool = threadpool
         self._trust: dict[tuple[str, ...], tuple[TrustStore, str]] = {}
+
+    @property
+    def threadpool(self) -> DnsLookupPool | ThreadPool:
+        """Made when first asked for (by the first run): its threads start on
+        the first lookup anyway, and importing dnspython is a cost the
+        homeserver's start-up need not pay."""
+        if self._threadpool is None:
+            from synapse_fedhealth.net.dns import DnsLookupPool
+
+            self._threadpool = DnsLookupPool(self.reactor)
+        return self._threadpool
 
     def stop(self) -> None:
         """Never waits for a hanging lookup: shutdown must not block."""
-        if isinstance(self.threadpool, DnsLookupPool):
-            self.threadpool.stop()
+        # Nothing to stop before a run made the pool (or one was given).
+        if self._threadpool is None:
+            return
+        from synapse_fedhealth.net.dns import DnsLookupPool
+
+        if isinstance(self._threadpool, DnsLookupPool):
+            self._threadpool.stop()
 
     def trust_store(self, ca_files: tuple[str, ...]) -> tuple[TrustStore, str]:
         """Read once per process: parsing the system store costs milliseconds
@@ -88,6 +111,14 @@ class ProcessIO:
         return self._trust[ca_files]
 
     def for_run(self, settings: RunSettings) -> RunIO:
+        # Imported once, by the first run (later runs find them loaded).
+        from synapse_fedhealth.engine.probes import TargetConnections
+        from synapse_fedhealth.net.aia import PlainHttpIssuerFetcher
+        from synapse_fedhealth.net.dns import ThreadedDnsResolver
+        from synapse_fedhealth.net.dns_cache import RunScopedDnsCache
+        from synapse_fedhealth.net.http import ProbeHttpClient
+        from synapse_fedhealth.net.tls import TwistedTlsProber
+
         resolver = RunScopedDnsCache(
             ThreadedDnsResolver(self.reactor, self.threadpool, settings.dns_servers)
         )

@@ -7,19 +7,26 @@ verification as the network check `tls.certificate` (`net.tls`), and every
 problem is returned as a `CertProblem` with a reason code shared with it;
 nothing here raises on bad input. Files are read through `pem_files.FILES`,
 so a run over unchanged files parses nothing.
+
+These checks run at the homeserver's start-up; the TLS code (`net.tls`) is
+imported only when there is a certificate file to judge.
 """
 
 from __future__ import annotations
 
 import datetime
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import attr
 from cryptography import x509
 
 from synapse_fedhealth import pem_files
 from synapse_fedhealth.matrix_names import names_cover_host
-from synapse_fedhealth.net import tls
+from synapse_fedhealth.net import cert_reasons
+
+if TYPE_CHECKING:
+    from synapse_fedhealth.net.tls import TrustStore
 
 SECONDS_PER_DAY = 24 * 60 * 60
 
@@ -29,12 +36,12 @@ NOT_PEM = "not_pem"
 KEY_UNREADABLE = "key_unreadable"
 KEY_MISMATCH = "key_mismatch"
 EXPIRING_SOON = "expiring_soon"
-EXPIRED = tls.REASON_EXPIRED
-NOT_YET_VALID = tls.REASON_NOT_YET_VALID
-SELF_SIGNED = tls.REASON_SELF_SIGNED
-MISSING_INTERMEDIATE = tls.REASON_MISSING_INTERMEDIATE
-UNTRUSTED_ISSUER = tls.REASON_UNTRUSTED_ISSUER
-NAME_MISMATCH = tls.REASON_NAME_MISMATCH
+EXPIRED = cert_reasons.REASON_EXPIRED
+NOT_YET_VALID = cert_reasons.REASON_NOT_YET_VALID
+SELF_SIGNED = cert_reasons.REASON_SELF_SIGNED
+MISSING_INTERMEDIATE = cert_reasons.REASON_MISSING_INTERMEDIATE
+UNTRUSTED_ISSUER = cert_reasons.REASON_UNTRUSTED_ISSUER
+NAME_MISMATCH = cert_reasons.REASON_NAME_MISMATCH
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True, kw_only=True)
@@ -104,6 +111,8 @@ def _when(epoch: float) -> str:
 def _validity_problems(
     certs: Sequence[x509.Certificate], now: float, warning_days: int
 ) -> list[CertProblem]:
+    from synapse_fedhealth.net import tls
+
     problems = []
     for position, cert in enumerate(certs):
         what = (
@@ -142,8 +151,10 @@ def _in_file_order(certs: Sequence[x509.Certificate]) -> bool:
 
 
 def _trust_problem(
-    certs: Sequence[x509.Certificate], trust: tls.TrustStore
+    certs: Sequence[x509.Certificate], trust: TrustStore
 ) -> CertProblem | None:
+    from synapse_fedhealth.net import tls
+
     if not _in_file_order(certs):
         return _fatal(
             MISSING_INTERMEDIATE,
@@ -187,6 +198,8 @@ def analyse_certificate_files(
     """All problems of a certificate chain file and its key, as peers would see
     them. `ca_files` are the CA bundles peers trust (unreadable ones are left
     out); empty: the system's."""
+    from synapse_fedhealth.net import tls
+
     certs, load_problem = _load_certs(cert_path)
     if load_problem is not None or not certs:
         return CertAnalysis(

@@ -3,6 +3,9 @@
 `DefaultFamilies` is what the module runs: first the network family and the
 outside-view family, then, with the network findings, the checks of our own
 targets and the notaries. The `check` command runs `OutsiderFamilies`.
+
+The families' code (the engine, the judges, the network stack) is imported
+when a run first asks for them, so loading the module stays cheap.
 """
 
 from __future__ import annotations
@@ -11,26 +14,16 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from synapse_fedhealth.check_ids import Family, ids_of
-from synapse_fedhealth.families.network import NetworkFamily
-from synapse_fedhealth.families.outbound import (
-    OutboundEnvironment,
-    OutboundFamily,
-    SupportWellKnownFamily,
-    TrafficFamily,
-)
-from synapse_fedhealth.families.outside import (
-    EchoNonces,
-    ForwardedHeadersFamily,
-    OutsideViewFamily,
-)
-from synapse_fedhealth.runner import CheckFamily, SkippedFamily
-from synapse_fedhealth.settings import RunSettings
-from synapse_fedhealth.third_party import ThirdPartyAnswers
-from synapse_fedhealth.wiring import RunIO
 
 if TYPE_CHECKING:
     from synapse_fedhealth.engine.network_checker import NetworkFindings
+    from synapse_fedhealth.engine.outbound import OutboundEnvironment
+    from synapse_fedhealth.families.outside import EchoNonces
     from synapse_fedhealth.homeserver import HomeserverSnapshot
+    from synapse_fedhealth.runner import CheckFamily
+    from synapse_fedhealth.settings import RunSettings
+    from synapse_fedhealth.third_party import ThirdPartyAnswers
+    from synapse_fedhealth.wiring import RunIO
 
 
 class FamilyFactory(Protocol):
@@ -59,6 +52,13 @@ class DefaultFamilies:
         self._outbound = outbound
 
     def first(self, io: RunIO, settings: RunSettings) -> Sequence[CheckFamily]:
+        from synapse_fedhealth.families.network import NetworkFamily
+        from synapse_fedhealth.families.outbound import (
+            OutboundFamily,
+            SupportWellKnownFamily,
+        )
+        from synapse_fedhealth.families.outside import OutsideViewFamily
+
         return [
             NetworkFamily(io, settings),
             OutsideViewFamily(
@@ -74,7 +74,10 @@ class DefaultFamilies:
         self, io: RunIO, settings: RunSettings, network: NetworkFindings | None
     ) -> Sequence[CheckFamily]:
         from synapse_fedhealth.families.notary import NotaryFamily
+        from synapse_fedhealth.families.outbound import TrafficFamily
+        from synapse_fedhealth.families.outside import ForwardedHeadersFamily
         from synapse_fedhealth.families.targets import TargetInsiderFamily
+        from synapse_fedhealth.runner import SkippedFamily
 
         # Through the client path, and the federation path once it is known.
         forwarded = ForwardedHeadersFamily(
@@ -113,6 +116,10 @@ class OutsiderFamilies:
     """What anyone can check of any server (the `check` command)."""
 
     def first(self, io: RunIO, settings: RunSettings) -> Sequence[CheckFamily]:
+        from synapse_fedhealth.families.network import NetworkFamily
+        from synapse_fedhealth.families.outbound import SupportWellKnownFamily
+        from synapse_fedhealth.families.outside import OutsideViewFamily
+
         return [
             NetworkFamily(io, settings),
             OutsideViewFamily(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import attr
 from twisted.internet import defer
 
 from synapse_fedhealth.check_ids import Family, ids_of
@@ -36,44 +35,16 @@ from synapse_fedhealth.engine.deadline import BoundFailure, Deadline
 from synapse_fedhealth.engine.network_checker import NetworkFindings
 from synapse_fedhealth.engine.outbound import (
     OUTBOUND_PROBE_MARGIN_S,
-    DestinationsReader,
-    OutboundClient,
-    TrafficSource,
+    OutboundEnvironment,
 )
 from synapse_fedhealth.engine.resolution import bounded_get
 from synapse_fedhealth.engine.spawn import spawn
 from synapse_fedhealth.families.outside import MAX_BODY, error_kind
 from synapse_fedhealth.report import CheckResult, Status, fail, skip
 from synapse_fedhealth.runner import FamilyOutcome
-from synapse_fedhealth.third_party import ThirdPartyAnswers
 from synapse_fedhealth.wiring import RunIO
 
 PROBE_PATHS = (VERSION_PATH, KEYS_PATH)
-
-
-@attr.s(frozen=True, slots=True, auto_attribs=True, kw_only=True)
-class OutboundEnvironment:
-    """What the module hands the outbound families: Synapse's adapters (None
-    where this Synapse lacks them) and the servers to probe."""
-
-    client: OutboundClient | None
-    destinations: DestinationsReader | None
-    traffic: TrafficSource | None
-    probe_servers: tuple[str, ...]
-    # Where `probe_servers` came from, for the summary.
-    source: str
-    answers: ThirdPartyAnswers = attr.ib(eq=False)
-
-
-def probe_servers_for(
-    configured: tuple[str, ...] | None, trusted_key_servers: Sequence[str], own: str
-) -> tuple[tuple[str, ...], str]:
-    """SPEC 2.1: null means the trusted key servers' names; [] means none.
-    Our own name is never an outbound target (the inbound checks cover it)."""
-    if configured is None:
-        names = tuple(n for n in trusted_key_servers if n != own)
-        return names, "trusted_key_servers"
-    return tuple(n for n in configured if n != own), "outbound_probe_servers"
 
 
 class OutboundFamily:

@@ -36,26 +36,28 @@ from zope.interface import implementer
 
 from synapse_fedhealth import pem_files
 from synapse_fedhealth.matrix_names import bare_host, names_cover_host, parse_ip
+from synapse_fedhealth.net.cert_reasons import CERT_REASONS as CERT_REASONS
+from synapse_fedhealth.net.cert_reasons import REASON_EXPIRED as REASON_EXPIRED
+from synapse_fedhealth.net.cert_reasons import (
+    REASON_MISSING_INTERMEDIATE as REASON_MISSING_INTERMEDIATE,
+)
+from synapse_fedhealth.net.cert_reasons import (
+    REASON_NAME_MISMATCH as REASON_NAME_MISMATCH,
+)
+from synapse_fedhealth.net.cert_reasons import (
+    REASON_NOT_YET_VALID as REASON_NOT_YET_VALID,
+)
+from synapse_fedhealth.net.cert_reasons import (
+    REASON_SELF_SIGNED as REASON_SELF_SIGNED,
+)
+from synapse_fedhealth.net.cert_reasons import (
+    REASON_UNTRUSTED_ISSUER as REASON_UNTRUSTED_ISSUER,
+)
 from synapse_fedhealth.net.results import ConnectOutcome as ConnectOutcome
 from synapse_fedhealth.net.results import HandshakeOutcome
 from synapse_fedhealth.net.results import TlsProbeResult as TlsProbeResult
 from synapse_fedhealth.remote_text import clean_line
 
-# `details.reason` values of tls.certificate (SPEC 4.3): keep these exact.
-REASON_EXPIRED = "expired"
-REASON_NOT_YET_VALID = "not_yet_valid"
-REASON_SELF_SIGNED = "self_signed"
-REASON_UNTRUSTED_ISSUER = "untrusted_issuer"
-REASON_MISSING_INTERMEDIATE = "missing_intermediate"
-REASON_NAME_MISMATCH = "name_mismatch"
-CERT_REASONS = (
-    REASON_EXPIRED,
-    REASON_NOT_YET_VALID,
-    REASON_SELF_SIGNED,
-    REASON_UNTRUSTED_ISSUER,
-    REASON_MISSING_INTERMEDIATE,
-    REASON_NAME_MISMATCH,
-)
 # When several problems apply, the most fundamental is the reason.
 _REASON_PRIORITY = {r: i for i, r in enumerate(CERT_REASONS)}
 _REASON_PRIORITY[REASON_SELF_SIGNED] = -1

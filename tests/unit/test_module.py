@@ -126,8 +126,9 @@ def test_registers_endpoint_and_schedules_runs(monkeypatch: pytest.MonkeyPatch) 
     assert api.delayed_background_call.call_args.args[0] == 2000
     assert api.looping_background_call.call_args.args[1] == 3_600_000
     # Construction runs inside Synapse's start-up: no connection and no
-    # thread yet (the DNS pool starts its threads on the first lookup), and
-    # the pool is stopped at shutdown without waiting for any lookup.
+    # thread yet (the DNS pool is made by the first run and starts its
+    # threads on the first lookup), and the pool is stopped at shutdown
+    # without waiting for any lookup.
     assert (reactor.tcpClients, reactor.sslClients, reactor.unixClients) == ([], [], [])
     [(stop, _, _)] = reactor.triggers["during"]["shutdown"]
     pool = stop.__self__.threadpool

@@ -42,15 +42,12 @@ from synapse_fedhealth.checks.traffic import TrafficRecord, judge_traffic
 from synapse_fedhealth.config import FedHealthConfigError, parse_fedhealth_config
 from synapse_fedhealth.engine.deadline import Deadline
 from synapse_fedhealth.engine.outbound import (
+    OutboundEnvironment,
     answer_from_error,
     error_chain,
-)
-from synapse_fedhealth.families.outbound import (
-    OutboundEnvironment,
-    OutboundFamily,
-    TrafficFamily,
     probe_servers_for,
 )
+from synapse_fedhealth.families.outbound import OutboundFamily, TrafficFamily
 from synapse_fedhealth.homeserver import HomeserverSnapshot, SigningKeyInfo
 from synapse_fedhealth.metrics import record_report
 from synapse_fedhealth.render.text import problem_line
