@@ -44,7 +44,7 @@ from synapse_fedhealth.resource import FedHealthResource
 from synapse_fedhealth.service import FedHealthService
 from synapse_fedhealth.synapse_versions import version_warning
 from synapse_fedhealth.third_party import ThirdPartyAnswers
-from synapse_fedhealth.wiring import ProcessIO
+from synapse_fedhealth.wiring import ProcessIO, import_run_modules
 
 if TYPE_CHECKING:
     from typing import LiteralString
@@ -58,6 +58,8 @@ ENDPOINT_PATH = "/_synapse/fedhealth"
 RUN_PROCESS_NAME = "fedhealth_run"
 # The logcontext of the module's start-up on a Synapse that gives it none.
 STARTUP_CONTEXT_NAME = "fedhealth_start"
+# When the run's modules are imported without a start-up run.
+PRELOAD_DELAY_MS = 1000
 
 
 class FedHealthModule:
@@ -153,6 +155,17 @@ class FedHealthModule:
                 REFRESH_POLL_MS,
                 desc="fedhealth_refresh_requests",
             )
+        # Halfway to the start-up run (or a second in, before the first
+        # periodic one): the run's imports in a thread, once Synapse answers
+        # requests.
+        if config.startup_check or config.interval_ms:
+            api.delayed_background_call(
+                config.startup_delay_ms // 2
+                if config.startup_check
+                else min(PRELOAD_DELAY_MS, config.interval_ms // 2),
+                self._import_run_modules,
+                desc="fedhealth_preload",
+            )
         if config.startup_check:
             api.delayed_background_call(
                 config.startup_delay_ms,
@@ -206,6 +219,15 @@ class FedHealthModule:
 
         shared.addBoth(_wake)
         return mine
+
+    async def _import_run_modules(self) -> None:
+        try:
+            await self._api.defer_to_thread(import_run_modules)
+        except Exception as e:
+            # The first run imports them itself, and says what is wrong then.
+            logger.warning(
+                "synapse_fedhealth: could not import the run's modules: %s", e
+            )
 
     async def _background_run(self) -> None:
         try:

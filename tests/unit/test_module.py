@@ -23,6 +23,7 @@ from synapse_fedhealth.report import Report, Status
 from synapse_fedhealth.resource import FedHealthResource
 from synapse_fedhealth.runner import CheckFamily, FamilyOutcome
 from synapse_fedhealth.service import FedHealthService
+from synapse_fedhealth.wiring import import_run_modules
 
 
 def _snapshot(**overrides: Any) -> HomeserverSnapshot:
@@ -123,7 +124,13 @@ def test_registers_endpoint_and_schedules_runs(monkeypatch: pytest.MonkeyPatch) 
     mounted = dict(call.args for call in api.register_web_resource.call_args_list)
     assert isinstance(mounted[ENDPOINT_PATH], FedHealthResource)
     assert isinstance(mounted[ECHO_PATH], EchoResource)
-    assert api.delayed_background_call.call_args.args[0] == 2000
+    delayed = {
+        call.kwargs["desc"]: call.args
+        for call in api.delayed_background_call.call_args_list
+    }
+    assert delayed["fedhealth_startup"][0] == 2000
+    # The run's modules are imported in a thread halfway to the first run.
+    assert delayed["fedhealth_preload"][0] == 1000
     assert api.looping_background_call.call_args.args[1] == 3_600_000
     # Construction runs inside Synapse's start-up: no connection and no
     # thread yet (the DNS pool is made by the first run and starts its
@@ -146,6 +153,24 @@ def test_workers_without_background_tasks_do_not_probe(
     network = [c for c in report.checks if c.id == "connection.reachable"]
     assert network and all(c.status is Status.SKIP for c in network)
     assert "background tasks" in network[0].summary
+
+
+def test_the_preload_imports_in_a_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    _, api, _ = _module(monkeypatch)
+    preload = next(
+        call.args[1]
+        for call in api.delayed_background_call.call_args_list
+        if call.kwargs["desc"] == "fedhealth_preload"
+    )
+    threaded: list[object] = []
+
+    async def defer_to_thread(f: Any, *args: Any) -> None:
+        threaded.append(f)
+
+    api.defer_to_thread = defer_to_thread
+    with pytest.raises(StopIteration):
+        preload().send(None)
+    assert threaded == [import_run_modules]
 
 
 def test_startup_and_periodic_off(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -99,3 +99,40 @@ def test_synapse_tls_policy_is_made_by_the_first_probe(
     assert first.tls_policy is not None and first.worker_agent is None
     assert outbound._agents_for_probes() is first
     assert len(made) == 1
+
+
+def _imported_inside_functions(path: Path) -> set[str]:
+    """The synapse_fedhealth modules a file imports inside its functions."""
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = set()
+    for function in ast.walk(tree):
+        if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(function):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                "synapse_fedhealth."
+            ):
+                found.add(node.module or "")
+    return found
+
+
+def test_the_preload_covers_what_a_run_imports_lazily() -> None:
+    from synapse_fedhealth.wiring import RUN_MODULES
+
+    lazily = _imported_inside_functions(
+        ROOT / "synapse_fedhealth" / "wiring.py"
+    ) | _imported_inside_functions(
+        ROOT / "synapse_fedhealth" / "families" / "__init__.py"
+    )
+    # (runner is loaded at start-up already: the report cache needs it.)
+    assert sorted(lazily - set(RUN_MODULES) - {"synapse_fedhealth.runner"}) == []
+    loaded = _modules_after(
+        "import json, sys\n"
+        "import synapse_fedhealth.module\n"
+        "from synapse_fedhealth.wiring import import_run_modules\n"
+        "import_run_modules()\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    assert sorted(set(RUN_ONLY_MODULES) - loaded) == []
