@@ -845,6 +845,37 @@ def summarise_speedscope(data: dict[str, Any]) -> ProfileSummary:
     )
 
 
+# What a frame's file says a sample was doing, checked from the innermost
+# frame out: the first that matches decides (a response decrypted by TLS and
+# handed up to a check is the check's time).
+_COST_BY_FRAME = (
+    ("synapse/metrics/_gc.py", "Synapse's garbage collector"),
+    ("synapse_fedhealth/", "the module (checks, probes, report)"),
+    ("_newclient.py", "the module's HTTP client (Twisted)"),
+    ("OpenSSL/", "TLS of the module's connections (handshakes, records)"),
+    ("protocols/tls.py", "TLS of the module's connections (handshakes, records)"),
+    ("synapse/http/", "Synapse serving a request (the run's own, or the load)"),
+    ("synapse/federation/", "Synapse serving a request (the run's own, or the load)"),
+    ("synapse/rest/", "Synapse serving a request (the run's own, or the load)"),
+    ("synapse/api/", "Synapse serving a request (the run's own, or the load)"),
+    ("synapse/crypto/", "Synapse serving a request (the run's own, or the load)"),
+    ("synapse/handlers/", "Synapse serving a request (the run's own, or the load)"),
+    ("twisted/web/http.py", "Synapse serving a request (the run's own, or the load)"),
+    ("twisted/web/server.py", "Synapse serving a request (the run's own, or the load)"),
+)
+# Frames that run on behalf of whatever called them (Deferreds, logcontexts,
+# caches, metrics): a sample there belongs to the next frame out.
+_PASS_THROUGH = (
+    "twisted/internet/defer.py",
+    "twisted/python/",
+    "synapse/logging/",
+    "synapse/util/",
+    "synapse/metrics/_reactor_metrics.py",
+    "prometheus_client/",
+    "contextlib",
+)
+
+
 def cost_of(stack: Sequence[str]) -> str:
     """What one sample of the benchmark Synapse was doing, outermost frame
     first: every address is this Synapse, so a run's time is partly the
@@ -858,13 +889,13 @@ def cost_of(stack: Sequence[str]) -> str:
         if "synapse/storage" in text:
             return "database threads"
         return "other threads"
-    if "SynapseRequest.render" in text or "Request.process" in text:
-        return "Synapse serving a request (the run's own, or the load)"
-    if "do_handshake" in text:
-        return "TLS handshakes of the module's connections"
-    if "synapse_fedhealth/" in text or "_newclient.py" in text:
-        return "the module and its HTTP client"
-    return "other (the reactor loop, Synapse's background work)"
+    for frame in reversed(stack):
+        if any(marker in frame for marker in _PASS_THROUGH):
+            continue
+        for marker, kind in _COST_BY_FRAME:
+            if marker in frame:
+                return kind
+    return "the reactor loop (polling, timers, socket writes)"
 
 
 def _short_path(path: str) -> str:
