@@ -116,7 +116,20 @@ class Deadline:
             # not turn into a TimeoutError.
             return on_failure(BoundFailure("timeout", "timed out"))
         except Exception as e:
+            if _cancelled_gather(e):
+                return on_failure(BoundFailure("timeout", "timed out"))
             return on_failure(_unexpected(what, e))
+
+
+def _cancelled_gather(e: BaseException | None) -> bool:
+    """A `gatherResults` this deadline cancelled: it fails with its first
+    child's CancelledError wrapped in a FirstError (wrapped again for each
+    gather in between), which addTimeout does not recognise as its own."""
+    while isinstance(e, defer.FirstError):
+        e = e.subFailure.value
+    return isinstance(
+        e, (defer.CancelledError, error.ConnectingCancelledError, defer.TimeoutError)
+    )
 
 
 async def _awaited(make: Callable[[], Awaitable[T]]) -> T:
