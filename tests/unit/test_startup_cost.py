@@ -4,6 +4,7 @@ Synapse's federation TLS policy) is made by the first run."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -76,6 +77,19 @@ def _api_for_outbound() -> Any:
     return api
 
 
+def _synapse_outbound_available() -> bool:
+    """The module reaches other servers through Synapse's own agent from
+    Synapse 1.136 on (its caches take the server name); before, the module
+    skips outbound.reach (README)."""
+    from synapse.util.caches.ttlcache import TTLCache
+
+    return "server_name" in inspect.signature(TTLCache.__init__).parameters
+
+
+@pytest.mark.skipif(
+    not _synapse_outbound_available(),
+    reason="this Synapse's agent is not available to the module (before 1.136)",
+)
 def test_synapse_tls_policy_is_made_by_the_first_probe(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
