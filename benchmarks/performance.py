@@ -86,6 +86,9 @@ PROBE_MODULE = "tests.support.perf_probe_module.PerfProbeModule"
 ENDPOINT = "/_synapse/fedhealth"
 AGENT_PATH = "/_synapse/perfbench/agent_version"
 LAG_PATH = "/_synapse/perfbench/lag"
+REPLAY_PATH = "/_synapse/perfbench/replay"
+# The lab's own requests to nginx (its readiness probe), not the module's.
+NETLAB_CONTROL = "/__netlab/"
 WHOAMI_PATH = "/_matrix/client/v3/account/whoami"
 SERVER_NAME = "perfbench.test"
 RUN_TIMEOUT_S = 10.0  # the module's `timeout` (its default)
@@ -329,6 +332,30 @@ class BenchWorld:
             raise RuntimeError(f"{AGENT_PATH}: {response.status} {response.text[:500]}")
         return float(body["ms"])
 
+    def recorded_run(self) -> tuple[dict[str, Any], Replay]:
+        """One full run, and the requests it made as nginx saw them: what
+        `replay` sends again."""
+        before = len(self.lab.nginx.connection_log_text().splitlines())
+        report, _ = self.run()
+        lines = self.lab.nginx.connection_log_text().splitlines()[before:]
+        return report, Replay.of_log(lines, str(self.lab.ca_file))
+
+    def replay_ms(self, replay: Replay) -> float:
+        """The recorded requests made again from inside Synapse, bare (see
+        perf_probe_module): every connection at once, no DNS, no checks."""
+        response = http_request(
+            f"{self.base_url}{REPLAY_PATH}",
+            method="POST",
+            body=replay.body,
+            timeout=REQUEST_TIMEOUT_S,
+        )
+        answer = response.json() if response.status == 200 else {}
+        if response.status != 200 or answer.get("requests") != replay.requests:
+            raise RuntimeError(
+                f"{REPLAY_PATH}: {response.status} {response.text[:500]}"
+            )
+        return float(answer["ms"])
+
     def log_offset(self) -> int:
         return len(self.synapse.process.log_text())
 
@@ -346,6 +373,65 @@ class BenchWorld:
             raise RuntimeError(f"{LAG_PATH}: {response.status} {response.text[:300]}")
         stats: dict[str, Any] = response.json()
         return stats
+
+
+def _replayed_headers(entry: dict[str, Any]) -> dict[str, str]:
+    sent = {"Authorization": entry["authorization"], "Origin": entry["origin"]}
+    return {name: value for name, value in sent.items() if value}
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class Replay:
+    """The HTTP requests of one run, grouped by the connection that carried
+    them, in the order each connection carried them (nginx's `$connection`
+    and `$connection_requests`), with the headers that change what Synapse
+    does: the X-Matrix signature (its check is part of the cost) and the
+    client's Origin."""
+
+    body: dict[str, Any]
+    requests: int
+    # Connections nginx numbered between the run's first and last request
+    # that carried none (TLS-only probes): not replayed.
+    idle_connections: int
+
+    @classmethod
+    def of_log(cls, lines: Sequence[str], ca_file: str) -> Replay:
+        by_connection: dict[int, list[dict[str, Any]]] = {}
+        for line in lines:
+            entry = json.loads(line)
+            if entry["uri"].startswith(NETLAB_CONTROL):
+                continue
+            by_connection.setdefault(int(entry["connection"]), []).append(entry)
+        connections = []
+        for entries in by_connection.values():
+            entries.sort(key=lambda e: int(e["request"]))
+            first = entries[0]
+            connections.append({
+                "address": first["address"], "port": int(first["port"]),
+                "sni": first["sni"],
+                "requests": [
+                    {"method": e["method"], "uri": e["uri"], "host": e["host"],
+                     "headers": _replayed_headers(e)}
+                    for e in entries
+                ],
+            })  # fmt: skip
+        numbers = sorted(by_connection)
+        span = numbers[-1] - numbers[0] + 1 if numbers else 0
+        return cls(
+            body={"ca_file": ca_file, "connections": connections},
+            requests=sum(len(c["requests"]) for c in connections),
+            idle_connections=span - len(numbers),
+        )
+
+    @property
+    def connections(self) -> int:
+        return len(self.body["connections"])
+
+    def describe(self) -> str:
+        return (
+            f"{self.requests} requests over {self.connections} connections"
+            f" ({self.idle_connections} more opened without a request, not replayed)"
+        )
 
 
 def _targets(report: dict[str, Any]) -> int:
@@ -389,6 +475,8 @@ def item_1_run_vs_agent(
         walls.append(wall)
         agent.append(world.agent_version_ms())
     verdict = _verdict(report)
+    _, replay = world.recorded_run()
+    replays = _replays(world, replay, reps.runs, RUN_GAP_S)
     profiled = (
         profile_runs(world, profile_dir, reps.runs * 4, 1, RUN_GAP_S)
         if profile_dir is not None
@@ -400,7 +488,20 @@ def item_1_run_vs_agent(
         Row(1, "full run, 1 target: endpoint wall time (median)", median(walls), "ms"),
         Row(1, "MatrixFederationAgent, cold, one /version (median)", median(agent), "ms"),
         Row(1, "full run / agent /version", ratio(median(runs), median(agent)), "x", "<=", 1.5),
+        Row(1, "the run's own requests replayed bare (median)", median(replays), "ms",
+            note=f"{replay.describe()}; every connection at once, no DNS, no checks"),
+        Row(1, "requests replayed bare / agent /version", ratio(median(replays), median(agent)), "x"),
+        Row(1, "full run / its requests replayed bare", ratio(median(runs), median(replays)), "x"),
     ]  # fmt: skip
+
+
+def _replays(world: BenchWorld, replay: Replay, n: int, gap_s: float) -> list[float]:
+    world.replay_ms(replay)  # warm-up
+    timings = []
+    for _ in range(n):
+        time.sleep(gap_s)
+        timings.append(world.replay_ms(replay))
+    return timings
 
 
 def item_2_scaling(
@@ -408,6 +509,7 @@ def item_2_scaling(
 ) -> list[Row]:
     rows: list[Row] = []
     by_scale: dict[int, float] = {}
+    replayed: dict[int, float] = {}
     for n in SCALES:
         world.serve(n)
         world.run()  # warm-up
@@ -416,16 +518,26 @@ def item_2_scaling(
         by_scale[n] = median(durations)
         probed = _targets(reports[-1])
         limited = world.ratelimited_since(offset) / max(1, reps.runs)
+        time.sleep(RUN_GAP_S)
+        _, replay = world.recorded_run()
+        replayed[n] = median(_replays(world, replay, reps.runs, RUN_GAP_S))
         rows.append(
             Row(2, f"full run, {n} A records: duration_ms (median)", by_scale[n], "ms",
                 note=f"wall {median(walls):.0f} ms, {probed} targets probed, "
                 f"verdict {_verdict(reports[-1])}, Synapse's federation "
                 f"ratelimiter queued {limited:.1f} requests per run")
         )  # fmt: skip
+        rows.append(
+            Row(2, f"its requests replayed bare, {n} A records (median)", replayed[n], "ms",
+                note=replay.describe())
+        )  # fmt: skip
         if n == SCALES[-1] and profile_dir is not None:
             rows += profile_runs(world, profile_dir, reps.runs * 2, 2)
     rows.append(
         Row(2, f"{SCALES[-1]} / {SCALES[0]} A records", ratio(by_scale[SCALES[-1]], by_scale[SCALES[0]]), "x", "<=", 1.5)
+    )  # fmt: skip
+    rows.append(
+        Row(2, f"{SCALES[-1]} / {SCALES[0]} A records, the requests replayed bare", ratio(replayed[SCALES[-1]], replayed[SCALES[0]]), "x")
     )  # fmt: skip
     return rows
 
@@ -441,6 +553,15 @@ def item_3_reactor(world: BenchWorld, reps: Reps) -> list[Row]:
         world.lag("start")
         durations, _, _ = _runs(world, reps.reactor_runs)
         busy = world.lag("stop")
+    # The same requests without the module: what serving and making them
+    # does to the reactor by itself.
+    time.sleep(RUN_GAP_S)
+    _, replay = world.recorded_run()
+    world.replay_ms(replay)  # warm-up
+    world.lag("start")
+    for _ in range(reps.reactor_runs):
+        world.replay_ms(replay)
+    bare = world.lag("stop")
     return [
         Row(3, "reactor lag, idle: p99", float(idle["p99_ms"]), "ms",
             note=f"max {idle['max_ms']} ms, {idle['count']} ticks"),
@@ -451,6 +572,9 @@ def item_3_reactor(world: BenchWorld, reps: Reps) -> list[Row]:
         Row(3, "ticks later than 5 ms that waited on a garbage-collector pass", float(busy.get("late_ticks_waiting_on_gc") or 0), "ticks",
             note=f"of {busy.get('late_ticks')} late ticks; Synapse's collector ran {busy.get('gc_passes')} passes, "
             f"{busy.get('gc_total_ms')} ms in all, the longest {busy.get('gc_max_ms')} ms"),
+        Row(3, "reactor lag during bare replays of a run's requests: p99", float(bare["p99_ms"]), "ms",
+            note=f"{reps.reactor_runs} replays back to back of {replay.describe()}; "
+            f"max {bare['max_ms']} ms, {bare['late_ticks']} ticks later than 5 ms"),
         Row(3, "/health latency during runs: p50", median(latencies), "ms",
             note=f"{len(latencies)} polls"),
         Row(3, "/health latency during runs: p99", percentile(latencies, 0.99), "ms"),

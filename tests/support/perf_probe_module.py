@@ -17,6 +17,16 @@ root); never part of the runtime package. No config.
   that time (Synapse runs the collector itself, on the reactor) and how many
   of the ticks later than `LATE_TICK_MS` waited on one.
 
+- `POST /_synapse/perfbench/replay`: makes the given HTTP requests, bare
+  (no DNS, no checks, no judging), and times them: every connection at
+  once, each connection's requests one after another over one TLS
+  connection to its address, with its SNI, Host and headers. The body is
+  `{"ca_file": PEM, "connections": [{"address", "port", "sni", "requests":
+  [{"method", "uri", "host", "headers"}]}]}`; the answer
+  `{"ms", "connections", "requests", "statuses"}`. The benchmark sends it
+  the requests nginx logged for one run of the module: what those requests
+  cost with nothing else around them.
+
 Unauthenticated: the benchmark's Synapse listens on 127.0.0.1 only.
 """
 
@@ -29,8 +39,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from synapse.http.server import DirectServeJsonResource
-from twisted.internet import task
-from twisted.web.client import readBody
+from synapse.http.servlet import parse_json_object_from_request
+from synapse.logging.context import make_deferred_yieldable, run_in_background
+from twisted.internet import defer, ssl, task
+from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.http_headers import Headers
 
 from tests.support.perf_stats import percentile
 
@@ -44,6 +58,7 @@ LAG_PATH = "/_synapse/perfbench/lag"
 LAG_INTERVAL_S = 0.001
 # 10 minutes of 1 ms ticks at most: the benchmark reads within seconds.
 LAG_SAMPLES_MAX = 600_000
+REPLAY_PATH = "/_synapse/perfbench/replay"
 AGENT_TIMEOUT_S = 30.0
 # A tick this late is one the benchmark's p99 target (5 ms) counts against.
 LATE_TICK_MS = 5.0
@@ -104,6 +119,77 @@ class AgentVersionResource(DirectServeJsonResource):
         except ValueError:
             parsed = body[:200].decode("utf-8", "replace")
         return 200, {"ms": round(elapsed_ms, 3), "status": status, "body": parsed}
+
+
+class _OneAddress:
+    """Every request of one replayed connection goes to its address, over
+    TLS with its SNI, whatever the URI's host."""
+
+    def __init__(self, reactor: Any, address: str, port: int, tls: Any) -> None:
+        tcp: Any = TCP4ClientEndpoint(reactor, address, port)
+        self._endpoint = wrapClientTLS(tls, tcp)
+
+    def endpointForURI(self, uri: Any) -> Any:
+        return self._endpoint
+
+
+class ReplayResource(DirectServeJsonResource):
+    def __init__(self, hs: HomeServer) -> None:
+        super().__init__(clock=hs.get_clock())
+        self._reactor = hs.get_reactor()
+
+    async def _async_render_POST(self, request: SynapseRequest) -> tuple[int, Any]:
+        body = parse_json_object_from_request(request)
+        with open(body["ca_file"], "rb") as f:  # a small file, once per replay
+            trust = ssl.Certificate.loadPEM(f.read())
+        connections = body["connections"]
+        statuses: dict[str, int] = {}
+        began = time.perf_counter()
+        await make_deferred_yieldable(
+            defer.gatherResults(
+                [
+                    run_in_background(self._one_connection, c, trust, statuses)
+                    for c in connections
+                ],
+                consumeErrors=True,
+            )
+        )
+        elapsed_ms = (time.perf_counter() - began) * 1000
+        return 200, {
+            "ms": round(elapsed_ms, 3),
+            "connections": len(connections),
+            "requests": sum(len(c["requests"]) for c in connections),
+            "statuses": statuses,
+        }
+
+    async def _one_connection(
+        self, connection: dict[str, Any], trust: Any, statuses: dict[str, int]
+    ) -> None:
+        pool = HTTPConnectionPool(self._reactor, persistent=True)
+        pool.maxPersistentPerHost = 1
+        tls = ssl.optionsForClientTLS(connection["sni"], trustRoot=trust)
+        agent = Agent.usingEndpointFactory(
+            self._reactor,
+            _OneAddress(self._reactor, connection["address"], connection["port"], tls),
+            pool=pool,
+        )
+        try:
+            for r in connection["requests"]:
+                headers = Headers({"Host": [r["host"]]})
+                for name, value in r.get("headers", {}).items():
+                    headers.addRawHeader(name, value)
+                response = await make_deferred_yieldable(
+                    agent.request(
+                        r["method"].encode("ascii"),
+                        f"https://{connection['sni']}{r['uri']}".encode(),
+                        headers,
+                    ).addTimeout(AGENT_TIMEOUT_S, self._reactor)
+                )
+                await make_deferred_yieldable(readBody(response))
+                key = str(response.code)
+                statuses[key] = statuses.get(key, 0) + 1
+        finally:
+            await make_deferred_yieldable(pool.closeCachedConnections())
 
 
 class ReactorLag:
@@ -211,6 +297,7 @@ class PerfProbeModule:
         hs: HomeServer = api._hs
         api.register_web_resource(AGENT_PATH, AgentVersionResource(hs))
         api.register_web_resource(LAG_PATH, LagResource(hs))
+        api.register_web_resource(REPLAY_PATH, ReplayResource(hs))
 
     @staticmethod
     def parse_config(config: dict[str, Any]) -> dict[str, Any]:

@@ -178,6 +178,14 @@ class Nginx:
     def access_log(self) -> Path:
         return self.prefix / "logs" / "access.log"
 
+    @property
+    def connection_log(self) -> Path:
+        """One JSON line per request with the connection it came on (nginx's
+        `$connection` serial and `$connection_requests`), the address and
+        SNI it came to, and the request: what benchmarks/performance.py
+        replays."""
+        return self.prefix / "logs" / "connections.log"
+
     def error_log_text(self) -> str:
         try:
             return self.error_log.read_text(errors="replace")
@@ -187,6 +195,12 @@ class Nginx:
     def access_log_text(self) -> str:
         try:
             return self.access_log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def connection_log_text(self) -> str:
+        try:
+            return self.connection_log.read_text(errors="replace")
         except FileNotFoundError:
             return ""
 
@@ -322,6 +336,12 @@ error_log {self.error_log} info;
 events {{ worker_connections 512; }}
 http {{
   access_log {self.access_log};
+  log_format netlab_connections escape=json '{{"connection": $connection, '
+    '"request": $connection_requests, "address": "$server_addr", '
+    '"port": $server_port, "sni": "$ssl_server_name", "host": "$host", '
+    '"method": "$request_method", "uri": "$request_uri", "status": $status, '
+    '"origin": "$http_origin", "authorization": "$http_authorization"}}';
+  access_log {self.connection_log} netlab_connections;
   client_body_temp_path {p}/tmp/client_body;
   proxy_temp_path {p}/tmp/proxy;
   fastcgi_temp_path {p}/tmp/fastcgi;
