@@ -87,6 +87,11 @@ ENDPOINT = "/_synapse/fedhealth"
 AGENT_PATH = "/_synapse/perfbench/agent_version"
 LAG_PATH = "/_synapse/perfbench/lag"
 REPLAY_PATH = "/_synapse/perfbench/replay"
+HEAP_PATH = "/_synapse/perfbench/heap"
+HEAP_RUNS = 40
+# What "no growth" allows the module's own code to still hold: a few
+# report-sized strings of slack, not a per-run record.
+HEAP_MODULE_LIMIT_KIB = 16
 # The lab's own requests to nginx (its readiness probe), not the module's.
 NETLAB_CONTROL = "/__netlab/"
 WHOAMI_PATH = "/_matrix/client/v3/account/whoami"
@@ -659,22 +664,72 @@ def item_4_serving(
 
 
 def item_5_memory(world: BenchWorld) -> list[Row]:
-    """Memory after 1 and after 10 runs, in a Synapse started afresh."""
+    """Memory after 1 and after 10 runs, in a Synapse started afresh; the
+    same for bare replays of one run's requests (what Synapse's serving of
+    them alone adds); and what the Python heap still holds, by owner, after
+    `HEAP_RUNS` more runs once every bounded cache has turned over."""
     world.serve(1)
+    _, replay = world.recorded_run()
     world.restart()
+    replayed = _rss_over(world, lambda: world.replay_ms(replay))
+    world.restart()
+    ran = _rss_over(world, world.run)
+    heap = _heap_held_over_runs(world)
+    held = heap["held_bytes_by_owner"]
+    return [
+        Row(5, "RSS of the benchmark Synapse before any run", ran[0] / MB, "MB"),
+        Row(5, "RSS after 1 run", ran[1] / MB, "MB"),
+        Row(5, "RSS after 10 runs", ran[2] / MB, "MB"),
+        Row(5, "RSS growth from run 1 to run 10", (ran[2] - ran[1]) / MB, "MB", "<=", 2,
+            note="allocator noise allowed: 2 MB"),
+        Row(5, "RSS growth from replay 1 to replay 10 (the run's requests, bare)",
+            (replayed[2] - replayed[1]) / MB, "MB",
+            note="no module code runs: Synapse serving the requests, its caches and the allocator"),
+        Row(5, f"Python heap the module's code still holds after {HEAP_RUNS} more runs",
+            held.get("module", 0) / 1024, "KiB", "<=", HEAP_MODULE_LIMIT_KIB,
+            note=f"tracemalloc, after {HEAP_RUNS} traced runs turned every cache over"),
+        Row(5, f"Python heap Synapse's code still holds after {HEAP_RUNS} more runs",
+            held.get("synapse", 0) / 1024, "KiB",
+            note="its caches (LruCache entries), filling up to their size"),
+        Row(5, f"Python heap held after {HEAP_RUNS} more runs, all code",
+            heap["held_bytes"] / 1024, "KiB"),
+    ]  # fmt: skip
+
+
+def _rss_over(world: BenchWorld, step: Callable[[], object]) -> tuple[int, int, int]:
+    """RSS before any step, after 1 and after 10."""
     idle = startup_time.rss_bytes(world.pid)
-    world.run()
+    step()
     after_1 = startup_time.rss_bytes(world.pid)
     for _ in range(9):
-        world.run()
-    after_10 = startup_time.rss_bytes(world.pid)
-    return [
-        Row(5, "RSS of the benchmark Synapse before any run", idle / MB, "MB"),
-        Row(5, "RSS after 1 run", after_1 / MB, "MB"),
-        Row(5, "RSS after 10 runs", after_10 / MB, "MB"),
-        Row(5, "RSS growth from run 1 to run 10", (after_10 - after_1) / MB, "MB", "<=", 2,
-            note="allocator noise allowed: 2 MB"),
-    ]  # fmt: skip
+        step()
+    return idle, after_1, startup_time.rss_bytes(world.pid)
+
+
+def _heap_held_over_runs(world: BenchWorld) -> dict[str, Any]:
+    """Traced heap held after `HEAP_RUNS` runs, measured from a baseline
+    taken after `HEAP_RUNS` traced runs: a bounded cache that replaces
+    entries allocated before tracing would otherwise look like growth."""
+
+    def heap(action: str) -> dict[str, Any]:
+        response = http_request(
+            f"{world.base_url}{HEAP_PATH}?action={action}", timeout=REQUEST_TIMEOUT_S
+        )
+        if response.status != 200:
+            raise RuntimeError(f"{HEAP_PATH}: {response.status} {response.text[:500]}")
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    heap("start")
+    try:
+        for _ in range(HEAP_RUNS):
+            world.run()
+        heap("start")
+        for _ in range(HEAP_RUNS):
+            world.run()
+        return heap("read")
+    finally:
+        heap("stop")
 
 
 def item_5_startup(reps: Reps) -> list[Row]:

@@ -27,6 +27,15 @@ root); never part of the runtime package. No config.
   the requests nginx logged for one run of the module: what those requests
   cost with nothing else around them.
 
+- `GET /_synapse/perfbench/heap?action=start|read|stop`: what the Python
+  heap holds that it did not hold at `start`. `start` collects garbage and
+  begins tracing allocations (`tracemalloc`, 1 frame) with a snapshot and a
+  count of live objects by type; `read` collects again and answers the
+  traced bytes still held since `start`, grouped by the file that
+  allocated them (the module's, Synapse's, the rest), the biggest sources,
+  and the live-object counts that grew. `stop` ends the tracing. Item 5
+  uses it to tell memory the module keeps from allocator noise.
+
 Unauthenticated: the benchmark's Synapse listens on 127.0.0.1 only.
 """
 
@@ -36,6 +45,7 @@ import collections
 import gc
 import json
 import time
+import tracemalloc
 from typing import TYPE_CHECKING, Any
 
 from synapse.http.server import DirectServeJsonResource
@@ -292,12 +302,124 @@ class LagResource(DirectServeJsonResource):
         return 200, self._lag.stats()
 
 
+HEAP_PATH = "/_synapse/perfbench/heap"
+HEAP_TOP = 25
+
+
+def _live_objects_by_type() -> collections.Counter[str]:
+    return collections.Counter(type(o).__qualname__ for o in gc.get_objects())
+
+
+def _label_sets_by_metric() -> collections.Counter[str]:
+    """How many label sets (children) each labelled Prometheus metric has:
+    one that grows with runs is memory that grows with them."""
+    from prometheus_client import REGISTRY
+
+    counts: collections.Counter[str] = collections.Counter()
+    for collector in list(REGISTRY._collector_to_names):
+        children = getattr(collector, "_metrics", None)
+        if isinstance(children, dict):
+            counts[getattr(collector, "_name", repr(collector))] = len(children)
+    return counts
+
+
+class HeapTrace:
+    """What the Python heap holds now that it did not hold at `start`:
+    traced bytes by the owner of the allocating file, the biggest sources,
+    and the live objects and metric label sets that grew. `start` again
+    while tracing takes a new baseline without losing the traces."""
+
+    def __init__(self) -> None:
+        self._baseline: tracemalloc.Snapshot | None = None
+        self._objects: collections.Counter[str] = collections.Counter()
+        self._label_sets: collections.Counter[str] = collections.Counter()
+
+    @property
+    def started(self) -> bool:
+        return self._baseline is not None
+
+    def start(self) -> None:
+        gc.collect()
+        if not tracemalloc.is_tracing():
+            tracemalloc.start(1)
+        self._baseline = tracemalloc.take_snapshot()
+        self._objects = _live_objects_by_type()
+        self._label_sets = _label_sets_by_metric()
+
+    def stop(self) -> None:
+        tracemalloc.stop()
+        self._baseline = None
+
+    def read(self) -> dict[str, Any]:
+        assert self._baseline is not None, "start first"
+        gc.collect()
+        now = tracemalloc.take_snapshot()
+        # The tracer's own frames are not the homeserver's memory.
+        ignore = [tracemalloc.Filter(False, tracemalloc.__file__)]
+        diffs = now.filter_traces(ignore).compare_to(
+            self._baseline.filter_traces(ignore), "lineno"
+        )
+        by_owner: collections.Counter[str] = collections.Counter()
+        for diff in diffs:
+            by_owner[_owner(diff.traceback[0].filename)] += diff.size_diff
+        grown = _live_objects_by_type()
+        grown.subtract(self._objects)
+        label_sets = _label_sets_by_metric()
+        label_sets.subtract(self._label_sets)
+        return {
+            "held_bytes_by_owner": dict(by_owner),
+            "held_bytes": sum(by_owner.values()),
+            "top": [
+                {"where": f"{d.traceback[0].filename}:{d.traceback[0].lineno}",
+                 "bytes": d.size_diff, "blocks": d.count_diff}
+                for d in diffs[:HEAP_TOP]
+            ],
+            "metric_label_sets_grown": {
+                name: n for name, n in label_sets.items() if n > 0
+            },
+            "objects_grown": dict(
+                (name, n) for name, n in grown.most_common(HEAP_TOP) if n > 0
+            ),
+        }  # fmt: skip
+
+
+class HeapResource(DirectServeJsonResource):
+    def __init__(self, hs: HomeServer) -> None:
+        super().__init__(clock=hs.get_clock())
+        self._trace = HeapTrace()
+
+    async def _async_render_GET(self, request: SynapseRequest) -> tuple[int, Any]:
+        action = _query_arg(request, "action") or "read"
+        if action == "start":
+            self._trace.start()
+            return 200, {"tracing": True}
+        if action == "stop":
+            self._trace.stop()
+            return 200, {"tracing": False}
+        if action != "read" or not self._trace.started:
+            return 400, {"error": "action: start, then read or stop"}
+        return 200, self._trace.read()
+
+
+def _owner(filename: str) -> str:
+    for marker, owner in (
+        ("/synapse_fedhealth/", "module"),
+        ("/tests/support/", "benchmark probe"),
+        ("/synapse/", "synapse"),
+        ("/twisted/", "twisted"),
+    ):
+        if marker in filename:
+            return owner
+    return "other"
+
+
 class PerfProbeModule:
     def __init__(self, config: dict[str, Any], api: ModuleApi) -> None:
         hs: HomeServer = api._hs
         api.register_web_resource(AGENT_PATH, AgentVersionResource(hs))
         api.register_web_resource(LAG_PATH, LagResource(hs))
         api.register_web_resource(REPLAY_PATH, ReplayResource(hs))
+        api.register_web_resource(HEAP_PATH, HeapResource(hs))
 
     @staticmethod
     def parse_config(config: dict[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The pure parts of benchmarks/performance.py: statistics, wrk's output,
-targets, the Markdown table and the py-spy summary (the benchmark itself runs
-only by hand: it needs the lab)."""
+targets, the Markdown table, the py-spy summary and the probe module's heap
+trace (the benchmark itself runs only by hand: it needs the lab)."""
 
 from __future__ import annotations
 
@@ -91,3 +91,38 @@ def test_speedscope_summary_weights_are_seconds() -> None:
     assert math.isclose(share, 0.8)
     assert dict(summary.total)["probe (synapse_fedhealth/engine/probes.py:3)"] == 0.4
     assert "synapse_fedhealth by total time" in summary.text()
+
+
+def test_heap_trace_counts_what_is_still_held_since_start() -> None:
+    from tests.support.perf_probe_module import HeapTrace
+
+    trace = HeapTrace()
+    trace.start()
+    try:
+        kept = [str(i) * 50 for i in range(2_000)]
+        size = sys.getsizeof(kept) + sum(sys.getsizeof(k) for k in kept)
+        dropped = [str(i) * 50 for i in range(2_000)]
+        del dropped
+        first = trace.read()
+        # This file is neither the module's, Synapse's nor Twisted's.
+        assert size <= first["held_bytes_by_owner"]["other"] < 1.5 * size
+        assert any(__file__ in t["where"] for t in first["top"])
+
+        trace.start()  # a new baseline: `kept` is old news
+        again = trace.read()
+        assert again["held_bytes_by_owner"].get("other", 0) < 20_000
+        assert len(kept) == 2_000
+    finally:
+        trace.stop()
+    assert not trace.started
+
+
+def test_heap_owner_of_a_file() -> None:
+    from tests.support.perf_probe_module import _owner
+
+    site = "/venv/lib/python3.11/site-packages"
+    assert _owner("/repo/synapse_fedhealth/net/tls.py") == "module"
+    assert _owner(f"{site}/synapse/util/caches/lrucache.py") == "synapse"
+    assert _owner(f"{site}/twisted/web/_newclient.py") == "twisted"
+    assert _owner("/repo/tests/support/perf_probe_module.py") == "benchmark probe"
+    assert _owner("/usr/lib/python3.11/urllib/parse.py") == "other"
