@@ -393,11 +393,11 @@ class Replay:
     does: the X-Matrix signature (its check is part of the cost) and the
     client's Origin."""
 
+    # nginx numbers its own connections to the upstream from the same
+    # counter as the clients', so gaps between the numbers are not
+    # connections of the run: only those that carried a request count.
     body: dict[str, Any]
     requests: int
-    # Connections nginx numbered between the run's first and last request
-    # that carried none (TLS-only probes): not replayed.
-    idle_connections: int
 
     @classmethod
     def of_log(cls, lines: Sequence[str], ca_file: str) -> Replay:
@@ -420,12 +420,9 @@ class Replay:
                     for e in entries
                 ],
             })  # fmt: skip
-        numbers = sorted(by_connection)
-        span = numbers[-1] - numbers[0] + 1 if numbers else 0
         return cls(
             body={"ca_file": ca_file, "connections": connections},
             requests=sum(len(c["requests"]) for c in connections),
-            idle_connections=span - len(numbers),
         )
 
     @property
@@ -433,10 +430,7 @@ class Replay:
         return len(self.body["connections"])
 
     def describe(self) -> str:
-        return (
-            f"{self.requests} requests over {self.connections} connections"
-            f" ({self.idle_connections} more opened without a request, not replayed)"
-        )
+        return f"{self.requests} requests over {self.connections} connections"
 
 
 def _targets(report: dict[str, Any]) -> int:
