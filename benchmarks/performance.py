@@ -52,7 +52,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import attr
 
@@ -73,6 +73,12 @@ from tests.integration.netlab.peer import (  # noqa: E402
     PeerSynapse,
     base_config,
 )
+from tests.support.perf_probe_module import (  # noqa: E402
+    AGENT_PATH,
+    HEAP_PATH,
+    LAG_PATH,
+    REPLAY_PATH,
+)
 from tests.support.perf_stats import median, percentile, ratio  # noqa: E402
 from tests.support.synapse_process import (  # noqa: E402
     free_port,
@@ -84,10 +90,6 @@ DEFAULT_JSON = ROOT / "benchmarks" / "results" / "performance.json"
 MODULE = "synapse_fedhealth.FedHealthModule"
 PROBE_MODULE = "tests.support.perf_probe_module.PerfProbeModule"
 ENDPOINT = "/_synapse/fedhealth"
-AGENT_PATH = "/_synapse/perfbench/agent_version"
-LAG_PATH = "/_synapse/perfbench/lag"
-REPLAY_PATH = "/_synapse/perfbench/replay"
-HEAP_PATH = "/_synapse/perfbench/heap"
 HEAP_RUNS = 40
 # What "no growth" allows the module's own code to still hold: a few
 # report-sized strings of slack, not a per-run record.
@@ -373,11 +375,19 @@ class BenchWorld:
         return len(RATELIMITED_RE.findall(text))
 
     def lag(self, action: str) -> dict[str, Any]:
-        response = http_request(f"{self.base_url}{LAG_PATH}?action={action}")
+        return self._probe_action(LAG_PATH, action)
+
+    def heap(self, action: str) -> dict[str, Any]:
+        return self._probe_action(HEAP_PATH, action)
+
+    def _probe_action(self, path: str, action: str) -> dict[str, Any]:
+        response = http_request(
+            f"{self.base_url}{path}?action={action}", timeout=REQUEST_TIMEOUT_S
+        )
         if response.status != 200:
-            raise RuntimeError(f"{LAG_PATH}: {response.status} {response.text[:300]}")
-        stats: dict[str, Any] = response.json()
-        return stats
+            raise RuntimeError(f"{path}: {response.status} {response.text[:300]}")
+        answer: dict[str, Any] = response.json()
+        return answer
 
 
 def _replayed_headers(entry: dict[str, Any]) -> dict[str, str]:
@@ -671,13 +681,13 @@ def item_5_memory(world: BenchWorld) -> list[Row]:
     heap = _heap_held_over_runs(world)
     held = heap["held_bytes_by_owner"]
     return [
-        Row(5, "RSS of the benchmark Synapse before any run", ran[0] / MB, "MB"),
-        Row(5, "RSS after 1 run", ran[1] / MB, "MB"),
-        Row(5, "RSS after 10 runs", ran[2] / MB, "MB"),
-        Row(5, "RSS growth from run 1 to run 10", (ran[2] - ran[1]) / MB, "MB", "<=", 2,
+        Row(5, "RSS of the benchmark Synapse before any run", ran.idle / MB, "MB"),
+        Row(5, "RSS after 1 run", ran.after_1 / MB, "MB"),
+        Row(5, "RSS after 10 runs", ran.after_10 / MB, "MB"),
+        Row(5, "RSS growth from run 1 to run 10", ran.growth_mb, "MB", "<=", 2,
             note="allocator noise allowed: 2 MB"),
         Row(5, "RSS growth from replay 1 to replay 10 (the run's requests, bare)",
-            (replayed[2] - replayed[1]) / MB, "MB",
+            replayed.growth_mb, "MB",
             note="no module code runs: Synapse serving the requests, its caches and the allocator"),
         Row(5, f"Python heap the module's code still holds after {HEAP_RUNS} more runs",
             held.get("module", 0) / 1024, "KiB", "<=", HEAP_MODULE_LIMIT_KIB,
@@ -690,14 +700,25 @@ def item_5_memory(world: BenchWorld) -> list[Row]:
     ]  # fmt: skip
 
 
-def _rss_over(world: BenchWorld, step: Callable[[], object]) -> tuple[int, int, int]:
+class RssOver(NamedTuple):
+    idle: int
+    after_1: int
+    after_10: int
+
+    @property
+    def growth_mb(self) -> float:
+        """From step 1 to step 10."""
+        return (self.after_10 - self.after_1) / MB
+
+
+def _rss_over(world: BenchWorld, step: Callable[[], object]) -> RssOver:
     """RSS before any step, after 1 and after 10."""
     idle = startup_time.rss_bytes(world.pid)
     step()
     after_1 = startup_time.rss_bytes(world.pid)
     for _ in range(9):
         step()
-    return idle, after_1, startup_time.rss_bytes(world.pid)
+    return RssOver(idle, after_1, startup_time.rss_bytes(world.pid))
 
 
 def _heap_held_over_runs(world: BenchWorld) -> dict[str, Any]:
@@ -705,25 +726,16 @@ def _heap_held_over_runs(world: BenchWorld) -> dict[str, Any]:
     taken after `HEAP_RUNS` traced runs: a bounded cache that replaces
     entries allocated before tracing would otherwise look like growth."""
 
-    def heap(action: str) -> dict[str, Any]:
-        response = http_request(
-            f"{world.base_url}{HEAP_PATH}?action={action}", timeout=REQUEST_TIMEOUT_S
-        )
-        if response.status != 200:
-            raise RuntimeError(f"{HEAP_PATH}: {response.status} {response.text[:500]}")
-        answer: dict[str, Any] = response.json()
-        return answer
-
-    heap("start")
+    world.heap("start")
     try:
         for _ in range(HEAP_RUNS):
             world.run()
-        heap("start")
+        world.heap("start")
         for _ in range(HEAP_RUNS):
             world.run()
-        return heap("read")
+        return world.heap("read")
     finally:
-        heap("stop")
+        world.heap("stop")
 
 
 def item_5_startup(reps: Reps) -> list[Row]:
