@@ -33,7 +33,7 @@ root); never part of the runtime package. No config.
   count of live objects by type; `read` collects again and answers the
   traced bytes still held since `start`, grouped by the file that
   allocated them (the module's, Synapse's, the rest), the biggest sources,
-  and the live-object counts that grew. `stop` ends the tracing. Item 5
+  and the live-object counts and Prometheus label sets that grew. `stop` ends the tracing. Item 5
   uses it to tell memory the module keeps from allocator noise.
 
 Unauthenticated: the benchmark's Synapse listens on 127.0.0.1 only.
